@@ -1,0 +1,1 @@
+"""Data preparation, DocIDs and vector/lexical indexes."""

@@ -1,0 +1,1 @@
+"""Networks and serving backends. Every backend implements models.backend.Backend."""

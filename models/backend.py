@@ -1,0 +1,105 @@
+"""The one interface every backend implements: baselines now, DiffuGR, GEMS and EXSEARCH later.
+
+A backend loads from an artifact directory, answers a batch of requests before a deadline, and reports
+what it did (backend, configuration, time). Backends are synchronous and CPU/GPU bound; the gateway runs
+them in a worker thread.
+"""
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+TASKS = ("search", "recommend", "retrieve")
+
+
+class DeadlineExceeded(Exception):
+    """A backend gave up because the request's deadline passed."""
+
+
+@dataclass
+class Request:
+    task: str
+    query: str = ""
+    user_id: str | None = None
+    history: list[str] = field(default_factory=list)  # item ids, oldest first
+    k: int = 10
+    options: dict = field(default_factory=dict)  # backend-specific knobs (steps, beam, ...)
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+
+
+@dataclass
+class Answer:
+    hits: list[Hit]
+    backend: str
+    config: dict
+    took_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backend(ABC):
+    """Base class: subclasses set `name`, `tasks` and `cost_rank`, implement `build`, `load` and `_answer`."""
+
+    name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]]
+    cost_rank: ClassVar[int] = 10  # lower is cheaper; the cheapest backend of a task is the fallback
+
+    def __init__(self) -> None:
+        self.ms_per_request: float = 0.0  # measured at warm-up
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path) -> "Backend":
+        ...
+
+    @abstractmethod
+    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+        ...
+
+    def config(self, request: Request) -> dict:
+        return {}
+
+    def answer(self, requests: list[Request], deadline: float | None = None) -> list[Answer]:
+        """Answer a batch; deadline is an absolute time.monotonic() value (None: no deadline)."""
+        t0 = time.perf_counter()
+        hits = self._answer(requests, deadline)
+        took = (time.perf_counter() - t0) * 1000 / max(1, len(requests))
+        return [Answer(h, self.name, self.config(r), took) for h, r in zip(hits, requests)]
+
+    def estimate_ms(self, request: Request) -> float:
+        return self.ms_per_request
+
+    def warm_up(self, request: Request, repeats: int = 3) -> float:
+        """Measure the cost of one request; the gateway uses it to decide whether a budget fits."""
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self._answer([request], None)
+            times.append((time.perf_counter() - t0) * 1000)
+        self.ms_per_request = sorted(times)[len(times) // 2]
+        return self.ms_per_request
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded()
+
+
+def write_meta(directory: Path, **meta) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "meta.json").write_text(json.dumps({**meta, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                                                    indent=2) + "\n")
+
+
+def read_meta(directory: Path) -> dict:
+    return json.loads((Path(directory) / "meta.json").read_text())

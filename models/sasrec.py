@@ -1,0 +1,117 @@
+"""SASRec (Kang & McAuley, 2018): a causal self-attention model over the user's item sequence that
+predicts the next item. Written nanoGPT-style: config dataclass, one module, readable top to bottom."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from models.backend import Backend, Hit, Request
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int  # item vocabulary; index 0 is padding
+    max_len: int = 50
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, 4 * cfg.d_model, cfg.dropout,
+                                           batch_first=True, norm_first=True, activation="gelu")
+        self.blocks = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq: (B, T) item indices, left-padded with 0 -> hidden states (B, T, d)."""
+        T = seq.shape[1]
+        pos = torch.arange(T, device=seq.device)
+        x = self.drop(self.item_emb(seq) * self.cfg.d_model ** 0.5 + self.pos_emb(pos))
+        causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=seq.device), 1)
+        h = self.blocks(x, mask=causal, src_key_padding_mask=seq == 0)
+        return self.norm(h)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.item_emb.weight.T  # tied output embedding; column 0 is padding
+
+    def loss(self, seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Full-softmax next-item cross entropy over every non-padding position."""
+        logits = self.logits(self(seq))
+        logits[..., 0] = -1e9
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=0)
+
+    @torch.no_grad()
+    def score_last(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.logits(self(seq)[:, -1])
+
+    def save(self, directory: Path, item_ids: list[str], extra: dict | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        (directory / "ids.json").write_text(json.dumps(item_ids))
+        if extra:
+            (directory / "train_state.json").write_text(json.dumps(extra, indent=2))
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> tuple["SASRec", list[str]]:
+        model = cls(SASRecConfig(**json.loads((directory / "config.json").read_text())))
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return model.eval(), json.loads((directory / "ids.json").read_text())
+
+
+def pad_left(seqs: list[list[int]], max_len: int) -> torch.Tensor:
+    out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    for n, s in enumerate(seqs):
+        s = s[-max_len:]
+        if s:
+            out[n, -len(s):] = s
+    return torch.from_numpy(out)
+
+
+class SASRecBackend(Backend):
+    name = "sasrec"
+    tasks = ("recommend",)
+    cost_rank = 2
+
+    def __init__(self, model: SASRec, ids: list[str]):
+        super().__init__()
+        self.model, self.ids = model, ids
+        self.index = {i: n + 1 for n, i in enumerate(ids)}
+
+    @classmethod
+    def load(cls, directory: Path) -> "SASRecBackend":
+        return cls(*SASRec.from_dir(directory))
+
+    def config(self, request: Request) -> dict:
+        c = self.model.cfg
+        return {"d_model": c.d_model, "n_layers": c.n_layers, "max_len": c.max_len}
+
+    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+        seqs = [[self.index[i] for i in r.history if i in self.index] for r in requests]
+        out: list[list[Hit]] = [[] for _ in requests]  # no known history: nothing to say (gateway cold-starts)
+        known = [n for n, s in enumerate(seqs) if s]
+        if not known:
+            return out
+        scores = self.model.score_last(pad_left([seqs[n] for n in known], self.model.cfg.max_len))
+        scores[:, 0] = -float("inf")
+        for n, row in zip(known, scores):
+            r, s = requests[n], seqs[n]
+            row[s] = -float("inf")
+            vals, idx = torch.topk(row, min(r.k, len(self.ids)))
+            out[n] = [Hit(self.ids[int(j) - 1], float(v)) for v, j in zip(vals, idx) if torch.isfinite(v)]
+        return out
