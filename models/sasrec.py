@@ -36,24 +36,26 @@ class SASRec(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: (B, T) item indices, left-padded with 0 -> hidden states (B, T, d)."""
         T = seq.shape[1]
         pos = torch.arange(T, device=seq.device)
-        x = self.drop(self.item_emb(seq) * self.cfg.d_model ** 0.5 + self.pos_emb(pos))
+        keep = (seq > 0).unsqueeze(-1).float()  # padding positions carry zeros (as in SASRec)
+        x = self.drop(self.item_emb(seq) + self.pos_emb(pos)) * keep
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=seq.device), 1)
-        h = self.blocks(x, mask=causal, src_key_padding_mask=seq == 0)
-        return self.norm(h)
+        return self.norm(self.blocks(x, mask=causal, is_causal=True))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.item_emb.weight.T  # tied output embedding; column 0 is padding
 
     def loss(self, seq: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Full-softmax next-item cross entropy over every non-padding position."""
-        logits = self.logits(self(seq))
-        logits[..., 0] = -1e9
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=0)
+        h = self(seq)[target > 0]  # only positions with a next item
+        logits = self.logits(h)[:, 1:]  # column 0 is padding
+        return F.cross_entropy(logits, target[target > 0] - 1)
 
     @torch.no_grad()
     def score_last(self, seq: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def hit_rate(backend: SASRecBackend, examples, k: int = 10) -> float:
 
 
 def train(data_dir: Path, out: Path, epochs: int = 200, batch_size: int = 128, lr: float = 1e-3,
-          d_model: int = 64, n_layers: int = 2, max_len: int = 50, eval_every: int = 10, patience: int = 5,
+          d_model: int = 64, n_layers: int = 2, max_len: int = 50, eval_every: int = 5, patience: int = 4,
           seed: int = 0, max_users: int | None = None) -> dict:
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
     data = load_recsys(data_dir)
@@ -56,11 +56,13 @@ def train(data_dir: Path, out: Path, epochs: int = 200, batch_size: int = 128, l
     bar = tqdm(range(state["epoch"], epochs), desc="sasrec", initial=state["epoch"], total=epochs)
     for epoch in bar:
         model.train()
-        # one random window of max_len+1 per user and epoch (long histories are seen at many offsets)
+        # tile every training sequence with windows of max_len+1 ending at a random offset from its end
         windows = []
         for s in train_seqs:
-            end = random.randint(min(len(s), 2), len(s)) if len(s) > max_len + 1 else len(s)
-            windows.append(s[max(0, end - max_len - 1):end])
+            end = len(s) - random.randint(0, max_len // 2) if len(s) > max_len + 1 else len(s)
+            while end >= 2:
+                windows.append(s[max(0, end - max_len - 1):end])
+                end -= max_len
         random.shuffle(windows)
         losses = []
         for b in range(0, len(windows), batch_size):

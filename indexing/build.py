@@ -1,0 +1,69 @@
+"""Build the baseline indexes into a versioned artifacts directory (skips what already exists).
+
+    python -m indexing.build [--artifacts artifacts/v1] [--force]
+
+search/{bm25,dense}      over the item texts of the search+recommendation set
+retrieve/{bm25,dense}    over the document corpus of the retrieval set
+recommend/{popularity,cooc}  from the training sequences
+(recommend/sasrec is trained by `python -m training.train_sasrec`.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from indexing.data import load_recsys, load_retrieval
+from indexing.data.common import read_manifest
+from models.cooccurrence import CooccurrenceBackend
+from models.dense import DenseBackend
+from models.lexical import BM25Backend
+from models.popularity import PopularityBackend
+from models.registry import artifact_dir
+
+
+def build_all(artifacts: Path, recsys_dir: Path, retrieval_dir: Path, force: bool = False) -> list[str]:
+    rec = load_recsys(recsys_dir)
+    ret = load_retrieval(retrieval_dir)
+    items = {i: d["text"] for i, d in rec.items.items()}
+    docs = {i: ret.doc_text(i) for i in ret.corpus}
+    jobs = [
+        ("search", "bm25", lambda d: BM25Backend.build(items, d)),
+        ("search", "dense", lambda d: DenseBackend.build(items, d)),
+        ("retrieve", "bm25", lambda d: BM25Backend.build(docs, d)),
+        ("retrieve", "dense", lambda d: DenseBackend.build(docs, d)),
+        ("recommend", "popularity", lambda d: PopularityBackend.build(rec.train_sequences(), d)),
+        ("recommend", "cooc", lambda d: CooccurrenceBackend.build(rec.train_sequences(), d)),
+    ]
+    built = []
+    for task, name, build in jobs:
+        d = artifact_dir(artifacts, task, name)
+        if (d / "meta.json").exists() and not force:
+            continue
+        if d.exists():
+            shutil.rmtree(d)
+        print(f"building {task}/{name} ...", flush=True)
+        build(d)
+        built.append(f"{task}/{name}")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "datasets.json").write_text(json.dumps({
+        "recsys": {"path": str(recsys_dir), "sha256": read_manifest(recsys_dir)["sha256"]},
+        "retrieval": {"path": str(retrieval_dir), "sha256": read_manifest(retrieval_dir)["sha256"]},
+    }, indent=2))
+    return built
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
+    p.add_argument("--recsys", type=Path, default=Path("data/ml100k"))
+    p.add_argument("--retrieval", type=Path, default=Path("data/strategyqa-facts"))
+    p.add_argument("--force", action="store_true")
+    a = p.parse_args(argv)
+    built = build_all(a.artifacts, a.recsys, a.retrieval, a.force)
+    print("built: " + (", ".join(built) or "nothing (all present)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Serve the gateway: python -m service  (host/port from UNISR_HOST / UNISR_PORT)."""
+import uvicorn
+
+from service.settings import Settings
+
+if __name__ == "__main__":
+    s = Settings()
+    uvicorn.run("service.app:create_app", factory=True, host=s.host, port=s.port, log_level="warning")

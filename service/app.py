@@ -1,0 +1,87 @@
+"""The FastAPI application: `create_app()` wires settings, engine, catalog and cache into app.state."""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models.backend import Request as BackendRequest
+from service.cache import make_cache
+from service.catalog import Catalog
+from service.engine import Engine
+from service.logs import configure_logging
+from service.routers import health, recommend, retrieve, search
+from service.settings import Settings
+
+log = structlog.get_logger("unisr.app")
+
+
+def warmup_samples(catalog: Catalog) -> dict[str, BackendRequest]:
+    user, history = next(((u, h) for u, h in catalog.histories.items() if len(h) >= 5), (None, []))
+    return {"search": BackendRequest("search", query="animation comedy 1990s", k=10),
+            "recommend": BackendRequest("recommend", user_id=user, history=history, k=10),
+            "retrieve": BackendRequest("retrieve", query="what is the boiling point of water", k=10)}
+
+
+def load_state(app: FastAPI, settings: Settings) -> None:
+    catalog = Catalog.load(settings.data_dir / "ml100k", settings.data_dir / "strategyqa-facts")
+    engine = Engine.load(settings)
+    if settings.warmup:
+        engine.warm_up(warmup_samples(catalog))
+    app.state.catalog, app.state.engine = catalog, engine
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        t0 = time.perf_counter()
+        app.state.settings = settings
+        app.state.cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s,
+                                     settings.redis_timeout_s)
+        await asyncio.to_thread(load_state, app, settings)
+        log.info("ready", seconds=round(time.perf_counter() - t0, 2), cache=app.state.cache.kind,
+                 artifacts=str(settings.artifacts_dir))
+        yield
+        await app.state.cache.close()
+
+    app = FastAPI(title="unisr", version="0.1.0", lifespan=lifespan,
+                  description="One API for search, recommendation, generative retrieval and agentic search. "
+                              "Every request carries a latency budget (latency_budget_ms).")
+    for router in (search.router, recommend.router, retrieve.router, health.router):
+        app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", "")} for e in exc.errors()]
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                            for e in errors) or "invalid request"
+        return JSONResponse(status_code=422, content={"detail": message, "errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.error("unhandled", path=request.url.path, error=repr(exc))
+        return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        log.info("request", method=request.method, path=request.url.path, status=response.status_code,
+                 ms=round((time.perf_counter() - t0) * 1000, 2))
+        return response
+
+    return app

@@ -1,0 +1,104 @@
+"""The engine: owns the loaded backends of every task, fits each request into its latency budget and
+falls back to the task's cheapest backend when the chosen one cannot fit (or misses its deadline).
+
+Entry points (HTTP routers) only call `Engine.answer`; they never touch a backend directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from models.backend import TASKS, Answer, Backend, Request
+from models.registry import backends_for, load_backend
+from service import metrics
+from service.settings import Settings
+
+log = structlog.get_logger("unisr.engine")
+
+
+class UnknownBackend(ValueError):
+    pass
+
+
+@dataclass
+class Outcome:
+    answer: Answer
+    requested: str
+    degraded: bool = False
+    reason: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, settings: Settings, backends: dict[str, dict[str, Backend]]):
+        self.settings = settings
+        self.backends = backends  # task -> name -> backend
+
+    @classmethod
+    def load(cls, settings: Settings) -> "Engine":
+        backends: dict[str, dict[str, Backend]] = {t: {} for t in TASKS}
+        for task in TASKS:
+            for name in backends_for(task):
+                try:
+                    backends[task][name] = load_backend(settings.artifacts_dir, task, name)
+                except FileNotFoundError as e:
+                    log.warning("backend_missing", task=task, backend=name, error=str(e))
+            if not backends[task]:
+                raise RuntimeError(f"no backend for {task} under {settings.artifacts_dir}; run `make artifacts`")
+        return cls(settings, backends)
+
+    def warm_up(self, samples: dict[str, Request]) -> dict[str, dict[str, float]]:
+        """Measure each backend once per task on a representative request (its cost estimate)."""
+        costs: dict[str, dict[str, float]] = {}
+        for task, by_name in self.backends.items():
+            for name, backend in by_name.items():
+                costs.setdefault(task, {})[name] = backend.warm_up(samples[task])
+                metrics.BACKEND_COST.labels(task, name).set(backend.ms_per_request)
+        log.info("warm_up", costs=costs)
+        return costs
+
+    def available(self, task: str) -> list[str]:
+        return list(self.backends[task])
+
+    def cheapest(self, task: str) -> str:
+        return min(self.backends[task], key=lambda n: (self.backends[task][n].cost_rank, n))
+
+    def resolve(self, task: str, name: str | None) -> str:
+        name = name or self.settings.default_backends.get(task) or self.cheapest(task)
+        if name not in self.backends[task]:
+            if name not in backends_for(task) or not self.backends[task]:
+                raise UnknownBackend(f"unknown backend {name!r} for {task}; available: "
+                                     f"{', '.join(self.available(task))}")
+            name = self.cheapest(task)  # known backend whose artifacts are missing: serve, degraded
+        return name
+
+    async def answer(self, request: Request, backend: str | None, budget_ms: float) -> Outcome:
+        task = request.task
+        requested = backend or self.settings.default_backends.get(task) or self.cheapest(task)
+        name = self.resolve(task, backend)
+        start = time.monotonic()
+        deadline = start + budget_ms / 1000.0
+        fallback = self.cheapest(task)
+        degraded, reason = name != requested, (f"{requested} not loaded" if name != requested else None)
+        chosen = self.backends[task][name]
+        if name != fallback and chosen.estimate_ms(request) > budget_ms:
+            degraded, reason = True, (f"{name} needs ~{chosen.estimate_ms(request):.1f} ms, over the "
+                                      f"{budget_ms:.0f} ms budget")
+            name = fallback
+        if name != fallback:
+            try:
+                answers = await asyncio.wait_for(asyncio.to_thread(chosen.answer, [request], deadline),
+                                                 timeout=max(0.0, deadline - time.monotonic()))
+                metrics.BUDGET.labels(task, "hit" if time.monotonic() <= deadline else "miss").inc()
+                return Outcome(answers[0], requested, degraded, reason)
+            except (asyncio.TimeoutError, TimeoutError):
+                degraded, reason = True, f"{name} missed the {budget_ms:.0f} ms deadline"
+                name = fallback
+        answers = await asyncio.to_thread(self.backends[task][name].answer, [request], None)
+        metrics.BUDGET.labels(task, "hit" if time.monotonic() <= deadline else "miss").inc()
+        if degraded:
+            metrics.FALLBACKS.labels(task, requested, name).inc()
+        return Outcome(answers[0], requested, degraded, reason)

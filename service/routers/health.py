@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request):
+    state = request.app.state
+    engine = getattr(state, "engine", None)
+    if engine is None:
+        return JSONResponse(status_code=503, content={"status": "starting", "detail": {}})
+    cache_ok = await state.cache.ping()
+    detail = {"backends": {t: engine.available(t) for t in engine.backends}, "cache": state.cache.kind,
+              "cache_ok": cache_ok, "artifacts": str(state.settings.artifacts_dir)}
+    return Health(status="ready" if cache_ok else "degraded", detail=detail)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,27 @@
+"""GET /retrieve: rank the document corpus for a query."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+
+from models.backend import Request
+from service.deps import get_cache, get_catalog, get_engine, get_settings
+from service.ranked import clean_query, ranked
+from service.schemas import RankedResponse
+
+router = APIRouter(tags=["retrieve"])
+
+
+@router.get("/retrieve", response_model=RankedResponse)
+async def retrieve(
+    q: str = Query(..., description="the query text", max_length=10_000),
+    k: int = Query(10, ge=1, le=100),
+    latency_budget_ms: float | None = Query(None, gt=0, le=60_000),
+    steps: int | None = Query(None, ge=1, le=64, description="denoising steps (generative backends)"),
+    backend: str | None = Query(None, description="bm25 | dense (default from settings)"),
+    engine=Depends(get_engine), catalog=Depends(get_catalog), cache=Depends(get_cache),
+    settings=Depends(get_settings),
+) -> RankedResponse:
+    q = clean_query(q, settings)
+    request = Request("retrieve", query=q, k=k, options={"steps": steps} if steps else {})
+    return await ranked("retrieve", request, backend, latency_budget_ms, engine=engine, catalog=catalog,
+                        cache=cache, settings=settings, cache_params={"q": q, "k": k, "steps": steps})
