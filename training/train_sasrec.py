@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/ml100k"))
     p.add_argument("--out", type=Path, default=Path("artifacts/v1/recommend/sasrec"))
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--d-model", type=int, default=64)

@@ -1,0 +1,47 @@
+# unisr — two commands: `make serve` (set up, build, train, serve on 127.0.0.1:8000) and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+ART     ?= artifacts/v1
+SASREC_EPOCHS ?= 80
+
+.PHONY: install data artifacts serve test eval bench loadtest lint clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0          # CPU build; an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+data: install
+	$(BIN)/python -m indexing.prepare
+
+$(ART)/recommend/sasrec/meta.json:
+	$(BIN)/python -m training.train_sasrec --out $(ART)/recommend/sasrec --epochs $(SASREC_EPOCHS)
+
+artifacts: data
+	$(BIN)/python -m indexing.build --artifacts $(ART)
+	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json
+
+serve: artifacts
+	UNISR_ARTIFACTS_DIR=$(ART) $(BIN)/python -m service
+
+test: artifacts
+	bash deploy/ensure-redis.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+eval: artifacts
+	$(BIN)/python -m training.evaluate --task all --backend all --artifacts $(ART)
+
+loadtest: artifacts
+	$(BIN)/python -m loadtest.run --start-server --users 20 --spawn-rate 10 --run-time 30s
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(ART) results
