@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import faiss
@@ -23,6 +24,7 @@ class DenseBackend(Backend):
     @classmethod
     def build(cls, corpus: dict[str, str], directory: Path, encoder: str | None = None) -> "DenseBackend":
         ids = list(corpus)
+        encoder = encoder or os.environ.get("UNISR_ENCODER")  # None: the packaged MiniLM
         vectors = encode([corpus[i] for i in ids], encoder, progress=True)
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)

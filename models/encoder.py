@@ -21,7 +21,7 @@ def default_encoder_path() -> str:
 def load_encoder(path: str | None = None):
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path or os.environ.get("UNISR_ENCODER") or default_encoder_path(), device="cpu")
+    return SentenceTransformer(path or default_encoder_path(), device="cpu")
 
 
 def encode(texts: list[str], path: str | None = None, batch_size: int = 64, progress: bool = False) -> np.ndarray:
