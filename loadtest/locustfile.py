@@ -1,14 +1,21 @@
-"""Locust user for the UniSR gateway: /search, /recommend (GET and POST) and /retrieve.
+"""Locust user for the UniSR gateway: /search, /recommend (GET and POST), /retrieve and POST /events.
 
     locust -f loadtest/locustfile.py --host http://127.0.0.1:8000            # web UI
     python -m loadtest.run --users 10 --spawn-rate 5 --run-time 30s          # headless, with a summary table
 
-Every response must be HTTP 200 with the ranked-response JSON shape; anything else is recorded as a failure.
+Every ranked response must be HTTP 200 with the ranked-response JSON shape; an event must be acknowledged
+(201, or 200 with "duplicate": true for a deliberately repeated key); anything else is a failure.
 Requests share one stats name per endpoint (the method tells GET and POST /recommend apart).
+Each ranked response also counts as inside its budget (took_ms <= latency_budget_ms and not degraded),
+degraded (a cheaper backend answered) or late (took_ms over the budget);
+the counts are written to <csv prefix>_budget.json at the end (loadtest/run.py prints them).
 """
 from __future__ import annotations
 
+import json
 import random
+import uuid
+from collections import defaultdict
 
 import gevent
 from locust import HttpUser, between, events, task
@@ -79,6 +86,8 @@ def params(**kw) -> dict:
 
 
 _ENV: dict = {}
+BUDGET: dict[str, dict[str, int]] = defaultdict(lambda: {"inside": 0, "degraded": 0, "late": 0})
+EVENT_TYPES = ["click", "view", "rate", "purchase"]
 
 
 @events.init.add_listener
@@ -93,6 +102,8 @@ def _final_csv_write(**_kw) -> None:
     has stopped; yielding here for one interval lets the writer record the final numbers."""
     opts = getattr(_ENV.get("env"), "parsed_options", None)
     if opts is not None and getattr(opts, "csv_prefix", None):
+        with open(f"{opts.csv_prefix}_budget.json", "w") as f:
+            json.dump(BUDGET, f, indent=1)
         gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.5)
 
 
@@ -113,6 +124,9 @@ class GatewayUser(HttpUser):
             resp.failure(err)
         else:
             resp.success()
+            name = f"{resp.request.method} {resp.request.path_url.split('?')[0]}"
+            late = body["took_ms"] > body["latency_budget_ms"]
+            BUDGET[name]["degraded" if body["degraded"] else "late" if late else "inside"] += 1
 
     @task(4)
     def search(self) -> None:
@@ -148,3 +162,22 @@ class GatewayUser(HttpUser):
                    backend=maybe_backend(RETRIEVE_BACKENDS))
         with self.client.get("/retrieve", params=p, name="/retrieve", catch_response=True) as resp:
             self._check(resp, k)
+
+    @task(2)
+    def post_event(self) -> None:
+        repeat = random.random() < 0.1 and getattr(self, "_last_key", None)
+        key = self._last_key if repeat else f"lt-{uuid.uuid4().hex}"
+        body = {"user_id": str(random.randint(1, N_USERS)), "item_id": str(random.randint(1, N_ITEMS)),
+                "event_type": random.choice(EVENT_TYPES), "idempotency_key": key}
+        if repeat:
+            body.update(self._last_body)
+        with self.client.post("/events", json=body, name="/events", catch_response=True) as resp:
+            expected = 200 if repeat else 201
+            if resp.status_code != expected:
+                resp.failure(f"HTTP {resp.status_code} (expected {expected}): {resp.text[:160]}")
+            elif resp.json().get("duplicate") is not bool(repeat):
+                resp.failure(f"duplicate flag wrong for a {'repeated' if repeat else 'new'} key")
+            else:
+                resp.success()
+                if not repeat:
+                    self._last_key, self._last_body = key, body

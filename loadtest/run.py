@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import shutil
@@ -70,6 +71,11 @@ def wait_ready(host: str, deadline_s: float, proc: subprocess.Popen | None = Non
 def start_server(host: str, log_path: Path) -> subprocess.Popen:
     port = urlsplit(host).port or 80
     env = {**os.environ, "UNISR_HOST": "127.0.0.1", "UNISR_PORT": str(port)}
+    if "UNISR_EVENTS_LOG" not in env:  # keep load-test events out of data/events
+        events_log = log_path.with_name("events.log")
+        for old in (events_log, events_log.with_name("events.log.cursor")):
+            old.unlink(missing_ok=True)
+        env["UNISR_EVENTS_LOG"] = str(events_log)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     console.print(f"starting the gateway: {sys.executable} -m service on 127.0.0.1:{port} (log: {log_path})")
     with open(log_path, "wb") as log:   # the child keeps its own copy of the descriptor
@@ -146,6 +152,29 @@ def summarise(prefix: Path) -> tuple[int, int]:
     return total
 
 
+def summarise_budget(prefix: Path) -> None:
+    """Share of ranked responses inside their latency budget (took_ms <= budget and not degraded); the others
+    were degraded (served by the cheaper backend: the budget was too small for the one asked for) or late."""
+    path = Path(f"{prefix}_budget.json")
+    if not path.exists():
+        console.print(f"[yellow]no budget counts at {path}[/yellow]")
+        return
+    counts = json.loads(path.read_text())
+    table = Table(title="latency budget (ranked responses)")
+    cols = ("inside", "degraded", "late")
+    for col in ("Endpoint", *cols, "share inside"):
+        table.add_column(col, justify="left" if col == "Endpoint" else "right")
+    totals = dict.fromkeys(cols, 0)
+    for name, c in [*sorted(counts.items()), ("all", totals)]:
+        if name != "all":
+            for col in cols:
+                totals[col] += c.get(col, 0)
+        n = sum(c.get(col, 0) for col in cols)
+        table.add_row(name, *(str(c.get(col, 0)) for col in cols), f"{c.get('inside', 0) / n:.1%}" if n else "-",
+                      style="bold" if name == "all" else None)
+    console.print(table)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", "-u", type=int, default=10)
@@ -162,7 +191,7 @@ def main(argv=None) -> int:
 
     a.out.mkdir(parents=True, exist_ok=True)
     prefix = a.out / "locust"
-    for old in a.out.glob("locust_*.csv"):   # never report a previous run's numbers
+    for old in [*a.out.glob("locust_*.csv"), *a.out.glob("locust_budget.json")]:   # never report a previous run's
         old.unlink()
 
     proc = None
@@ -186,6 +215,7 @@ def main(argv=None) -> int:
             stop_server(proc)
 
     requests, failures = summarise(prefix)
+    summarise_budget(prefix)
     if requests == 0:
         console.print("[red]no requests were made[/red]")
         return 1

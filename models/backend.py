@@ -79,6 +79,11 @@ class Backend(ABC):
     def estimate_ms(self, request: Request) -> float:
         return self.ms_per_request
 
+    def plan(self, request: Request, budget_ms: float) -> bool:
+        """Fit the request into the budget, choosing a configuration (e.g. steps) in request.options when the
+        backend has one; False when even its cheapest configuration is expected to miss the budget."""
+        return self.estimate_ms(request) <= budget_ms
+
     def warm_up(self, request: Request, repeats: int = 3) -> float:
         """Measure the cost of one request; the gateway uses it to decide whether a budget fits."""
         times = []

@@ -8,15 +8,20 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from models.backend import Request as BackendRequest
 from service.cache import make_cache
 from service.catalog import Catalog
 from service.engine import Engine
+from service.events import EventStore
+from service.limits import BodyLimitMiddleware
 from service.logs import configure_logging
-from service.routers import health, recommend, retrieve, search
+from service.routers import admin, events, health, recommend, retrieve, search
+from service.schemas import ERRORS
 from service.settings import Settings
 
 log = structlog.get_logger("unisr.app")
@@ -47,17 +52,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.cache = make_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s,
                                      settings.redis_timeout_s)
+        app.state.events = EventStore(settings)
+        await app.state.events.start()
         await asyncio.to_thread(load_state, app, settings)
         log.info("ready", seconds=round(time.perf_counter() - t0, 2), cache=app.state.cache.kind,
-                 artifacts=str(settings.artifacts_dir))
+                 events=app.state.events.kind, artifacts=str(settings.artifacts_dir))
         yield
+        app.state.engine.close()
+        await app.state.events.close()
         await app.state.cache.close()
 
-    app = FastAPI(title="unisr", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="unisr", version="0.1.0", lifespan=lifespan, responses=ERRORS,
                   description="One API for search, recommendation, generative retrieval and agentic search. "
                               "Every request carries a latency budget (latency_budget_ms).")
-    for router in (search.router, recommend.router, retrieve.router, health.router):
+    for router in (search.router, recommend.router, retrieve.router, events.router, admin.router, health.router):
         app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # off by default: no CORS headers unless origins are configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -68,8 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail},
-                            headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette lists the first matching route's methods only (GET, not POST)
+            allowed = {m.upper() for path, ops in request.app.openapi()["paths"].items()
+                       if compile_path(path)[0].match(request.url.path) for m in ops}
+            if allowed:
+                headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):

@@ -15,6 +15,17 @@ from service import metrics
 log = structlog.get_logger("unisr.cache")
 
 
+def make_redis(url: str, timeout_s: float):
+    """A redis-py asyncio client whose every call is bounded: connect and socket timeouts, and one immediate
+    retry (a pooled connection broken by a Redis restart) instead of the default back-off of seconds."""
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                          retry=Retry(NoBackoff(), 1), health_check_interval=0)
+
+
 def cache_key(endpoint: str, params: dict) -> str:
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return f"unisr:v1:{endpoint}:{hashlib.sha1(blob.encode()).hexdigest()}"
@@ -45,10 +56,8 @@ class RedisCache:
     kind = "redis"
 
     def __init__(self, url: str, ttl_s: int, timeout_s: float):
-        import redis.asyncio as redis
-
         self.ttl_s = ttl_s
-        self.client = redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.client = make_redis(url, timeout_s)
 
     async def get(self, key: str) -> dict | None:
         try:

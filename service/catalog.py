@@ -18,7 +18,7 @@ class Catalog:
         self.items, self.docs, self.histories = items, docs, histories
 
     @classmethod
-    def load(cls, recsys_dir: Path, retrieval_dir: Path) -> "Catalog":
+    def load(cls, recsys_dir: Path, retrieval_dir: Path) -> Catalog:
         rec = load_recsys(recsys_dir)
         ret = load_retrieval(retrieval_dir)
         items = {i: Entry(d.get("title", i), d.get("text", "")[:200]) for i, d in rec.items.items()}

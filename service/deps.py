@@ -1,4 +1,7 @@
-"""Dependencies shared by the routers: the engine, catalog, cache and settings live on app.state."""
+"""Dependencies shared by the routers: the engine, catalog, cache, event store and settings live on app.state.
+
+A request takes the engine once (here) and uses that object throughout, so a hot reload that swaps
+app.state.engine never changes the engine under a running request."""
 from __future__ import annotations
 
 from fastapi import Request
@@ -6,6 +9,7 @@ from fastapi import Request
 from service.cache import LRUCache, RedisCache
 from service.catalog import Catalog
 from service.engine import Engine
+from service.events import EventStore
 from service.settings import Settings
 
 
@@ -23,3 +27,7 @@ def get_cache(request: Request) -> LRUCache | RedisCache:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_events(request: Request) -> EventStore:
+    return request.app.state.events

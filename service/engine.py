@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from models.backend import TASKS, Answer, Backend, Request
+from models.backend import TASKS, Answer, Backend, DeadlineExceeded, Request
 from models.registry import backends_for, load_backend
 from service import metrics
+from service.batcher import Batcher, WouldMissDeadline
 from service.settings import Settings
 
 log = structlog.get_logger("unisr.engine")
@@ -36,9 +37,13 @@ class Engine:
     def __init__(self, settings: Settings, backends: dict[str, dict[str, Backend]]):
         self.settings = settings
         self.backends = backends  # task -> name -> backend
+        self.batchers: dict[tuple[str, str], Batcher] = {
+            (task, name): Batcher(task, backend, settings.batch_max_size, settings.batch_max_wait_ms)
+            for task, by_name in backends.items() for name, backend in by_name.items()
+            if name in settings.batch_backends}
 
     @classmethod
-    def load(cls, settings: Settings) -> "Engine":
+    def load(cls, settings: Settings) -> Engine:
         backends: dict[str, dict[str, Backend]] = {t: {} for t in TASKS}
         for task in TASKS:
             for name in backends_for(task):
@@ -55,10 +60,22 @@ class Engine:
         costs: dict[str, dict[str, float]] = {}
         for task, by_name in self.backends.items():
             for name, backend in by_name.items():
-                costs.setdefault(task, {})[name] = backend.warm_up(samples[task])
+                backend.answer([samples[task]])  # untimed: lazy loads and first-call set-up are not its cost
+                costs.setdefault(task, {})[name] = backend.warm_up(samples[task], repeats=5)
                 metrics.BACKEND_COST.labels(task, name).set(backend.ms_per_request)
         log.info("warm_up", costs=costs)
         return costs
+
+    def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()
+
+    async def run(self, task: str, name: str, request: Request, deadline: float | None) -> Answer:
+        """One request on one backend: through its micro-batcher when it has one, else alone in a thread."""
+        batcher = self.batchers.get((task, name))
+        if batcher is not None and deadline is not None:
+            return await batcher.submit(request, deadline)
+        return (await asyncio.to_thread(self.backends[task][name].answer, [request], deadline))[0]
 
     def available(self, task: str) -> list[str]:
         return list(self.backends[task])
@@ -84,21 +101,21 @@ class Engine:
         fallback = self.cheapest(task)
         degraded, reason = name != requested, (f"{requested} not loaded" if name != requested else None)
         chosen = self.backends[task][name]
-        if name != fallback and chosen.estimate_ms(request) > budget_ms:
+        if name != fallback and not chosen.plan(request, budget_ms):
             degraded, reason = True, (f"{name} needs ~{chosen.estimate_ms(request):.1f} ms, over the "
-                                      f"{budget_ms:.0f} ms budget")
+                                      f"{budget_ms:g} ms budget")
             name = fallback
         if name != fallback:
             try:
-                answers = await asyncio.wait_for(asyncio.to_thread(chosen.answer, [request], deadline),
-                                                 timeout=max(0.0, deadline - time.monotonic()))
+                answer = await asyncio.wait_for(self.run(task, name, request, deadline),
+                                                timeout=max(0.0, deadline - time.monotonic()))
                 metrics.BUDGET.labels(task, "hit" if time.monotonic() <= deadline else "miss").inc()
-                return Outcome(answers[0], requested, degraded, reason)
-            except (asyncio.TimeoutError, TimeoutError):
-                degraded, reason = True, f"{name} missed the {budget_ms:.0f} ms deadline"
+                return Outcome(answer, requested, degraded, reason)
+            except (asyncio.TimeoutError, TimeoutError, WouldMissDeadline, DeadlineExceeded):
+                degraded, reason = True, f"{name} missed the {budget_ms:g} ms deadline"
                 name = fallback
-        answers = await asyncio.to_thread(self.backends[task][name].answer, [request], None)
+        answer = await self.run(task, name, request, None)
         metrics.BUDGET.labels(task, "hit" if time.monotonic() <= deadline else "miss").inc()
         if degraded:
             metrics.FALLBACKS.labels(task, requested, name).inc()
-        return Outcome(answers[0], requested, degraded, reason)
+        return Outcome(answer, requested, degraded, reason)

@@ -12,6 +12,8 @@ from service.engine import Engine, UnknownBackend
 from service.schemas import RankedResponse, ResultItem
 from service.settings import Settings
 
+MAX_QUERY_CHARS = Settings.model_fields["max_query_chars"].default  # the documented bound; settings may lower it
+
 
 def clean_query(q: str, settings: Settings) -> str:
     q = q.strip()

@@ -1,6 +1,8 @@
 """Request and response schemas of the gateway."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -38,3 +40,53 @@ class RecommendBody(BaseModel):
 class Health(BaseModel):
     status: str
     detail: dict = {}
+
+
+class EventBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(..., min_length=1, max_length=128)
+    item_id: str = Field(..., min_length=1, max_length=128, description="a catalogue item id")
+    event_type: Literal["click", "view", "rate", "purchase"]
+    timestamp: float | None = Field(None, ge=0, le=32_503_680_000,
+                                    description="unix seconds; default: when the gateway receives it")
+    rating: float | None = Field(None, ge=0, le=10, description="for event_type=rate")
+    idempotency_key: str = Field(..., min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
+                                 description="a client-chosen unique key: a repeat is acknowledged, not stored")
+
+
+class EventAck(BaseModel):
+    status: str = "stored"
+    duplicate: bool
+    store: str = Field(description="redis | log (the local log; replayed to Redis later when Redis is set)")
+    event_id: str = Field("", description="the Redis stream id or log:<offset>; empty for a duplicate")
+
+
+class ReloadBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    artifacts_dir: str | None = Field(None, max_length=4096, description="default: the current directory")
+
+
+class ReloadResult(BaseModel):
+    version: str
+    artifacts_dir: str
+    previous_artifacts_dir: str
+    backends: dict[str, list[str]]
+    seconds: float
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong, in words")
+    errors: list[FieldError] | None = Field(None, description="one entry per invalid field (422 only)")
+
+
+ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in [
+    (400, "a semantic error, e.g. an unknown backend (the message lists the available ones)"),
+    (413, "request body over the configured limit (UNISR_MAX_BODY_BYTES)"),
+    (422, "invalid input: the message names the field")]}

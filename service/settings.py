@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     port: int = 8000
     default_latency_budget_ms: int = Field(500, ge=1, le=60_000)
     max_k: int = Field(100, ge=1)
-    max_query_chars: int = Field(512, ge=1)
+    max_query_chars: int = Field(512, ge=1, le=512)  # the API documents 512 (service/ranked.py); lower is allowed
     default_backends: dict[str, str] = {"search": "bm25", "recommend": "sasrec", "retrieve": "dense"}
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0 ; unset: in-process LRU cache
     redis_timeout_s: float = 0.2
@@ -28,3 +28,23 @@ class Settings(BaseSettings):
     warmup: bool = True
     log_level: str = "INFO"
     log_json: bool = True
+    # interaction events (POST /events): Redis stream when redis_url is set, else this append-only log; with
+    # Redis the log holds the events written while Redis was down, replayed when it is back
+    events_log: Path | None = None  # default: <data_dir>/events/events.log
+    events_stream: str = "unisr:events"
+    events_key_ttl_s: int = Field(30 * 86_400, ge=60)  # how long an idempotency key is remembered in Redis
+    events_replay_interval_s: float = Field(1.0, gt=0)
+    events_recent_per_user: int = Field(200, ge=1)  # latest events per user appended to their history
+    # hot reload (POST /admin/reload): unset token = admin endpoints answer 403
+    admin_token: str | None = None
+    # limits
+    max_body_bytes: int = Field(64 * 1024, ge=1)
+    cors_origins: list[str] = []  # empty: no CORS headers at all
+    # dynamic micro-batching in front of model backends (an empty list turns it off)
+    batch_backends: list[str] = ["dense", "sasrec", "diffugr", "ar"]
+    batch_max_size: int = Field(16, ge=1)
+    batch_max_wait_ms: float = Field(2.0, ge=0)
+
+    @property
+    def events_log_path(self) -> Path:
+        return self.events_log or self.data_dir / "events" / "events.log"

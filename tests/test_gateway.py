@@ -113,3 +113,115 @@ def test_metrics_exposed(client):
     client.get("/search", params={"q": "war drama 1950s"})
     text = client.get("/metrics").text
     assert "unisr_requests_total" in text and "unisr_backend_cost_ms" in text and "unisr_cache_total" in text
+
+
+# --- limits, CORS, error hygiene ------------------------------------------------------------------------------
+def test_body_over_the_limit_is_413(client, settings):
+    big = b'{"history": [' + b'"1",' * (settings.max_body_bytes // 4) + b'"1"]}'
+    r = client.post("/recommend", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit is 65536 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"history": ['
+        for _ in range(settings.max_body_bytes // 1000 + 1):
+            yield b'"1",' * 250
+        yield b'"1"]}'
+
+    r = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit is 65536 bytes" in r.json()["detail"]
+    assert client.post("/recommend", json={"history": ["50"], "k": 3}).status_code == 200
+
+
+def test_cors_off_by_default_and_on_when_configured(client, settings, tmp_path):
+    r = client.get("/healthz", headers={"Origin": "https://example.org"})
+    assert "access-control-allow-origin" not in r.headers
+    s = settings.model_copy(update={"warmup": False, "cors_origins": ["https://example.org"],
+                                    "events_log": tmp_path / "events.log"})
+    with TestClient(create_app(s)) as c:
+        r = c.get("/healthz", headers={"Origin": "https://example.org"})
+        assert r.headers["access-control-allow-origin"] == "https://example.org"
+        assert "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.test"}).headers
+
+
+def test_405_lists_every_method_of_the_path(client):
+    r = client.put("/recommend")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
+def test_internal_errors_carry_no_stack_trace(settings, tmp_path):
+    s = settings.model_copy(update={"warmup": False, "events_log": tmp_path / "events.log"})
+    with TestClient(create_app(s), raise_server_exceptions=False) as c:
+        bm25 = c.app.state.engine.backends["search"]["bm25"]
+        bm25.answer = lambda requests, deadline=None: (_ for _ in ()).throw(RuntimeError("secret internals"))
+        r = c.get("/search", params={"q": "boom", "backend": "bm25"})
+    assert r.status_code == 500 and r.json() == {"detail": "internal error; see the server log"}
+    assert "Traceback" not in r.text and "secret" not in r.text
+
+
+# --- micro-batching -------------------------------------------------------------------------------------------
+class _CountingBackend:
+    """Stands in for a model backend: records the batches it is given, costs `ms` per call."""
+
+    name, cost_rank = "fake", 5
+
+    def __init__(self, ms: float = 20.0):
+        self.ms, self.batches, self.ms_per_request = ms, [], ms
+
+    def estimate_ms(self, request):
+        return self.ms
+
+    def answer(self, requests, deadline=None):
+        import time
+
+        from models.backend import Answer, Hit
+
+        self.batches.append([dict(r.options) for r in requests])
+        time.sleep(self.ms / 1000)
+        return [Answer([Hit(r.query, 1.0)], self.name, dict(r.options), self.ms) for r in requests]
+
+
+async def test_batcher_groups_concurrent_requests_by_options():
+    import asyncio
+    import time
+
+    from models.backend import Request
+    from service.batcher import Batcher
+
+    backend = _CountingBackend()
+    batcher = Batcher("retrieve", backend, max_size=4, max_wait_ms=5)
+    deadline = time.monotonic() + 10
+    reqs = [Request("retrieve", query=f"q{i}", options={"steps": 2 if i % 2 else 4}) for i in range(12)]
+    answers = await asyncio.gather(*(batcher.submit(r, deadline) for r in reqs))
+    assert [a.hits[0].id for a in answers] == [r.query for r in reqs]  # each caller gets its own answer
+    assert all(len({o["steps"] for o in b}) == 1 for b in backend.batches)  # never mixed options
+    assert max(len(b) for b in backend.batches) > 1 and all(len(b) <= 4 for b in backend.batches)
+    assert sum(len(b) for b in backend.batches) == 12
+    batcher.close()
+
+
+async def test_batcher_refuses_a_deadline_it_cannot_meet():
+    import time
+
+    import pytest as _pytest
+
+    from models.backend import Request
+    from service.batcher import Batcher, WouldMissDeadline
+
+    backend = _CountingBackend(ms=50)
+    batcher = Batcher("retrieve", backend, max_size=8, max_wait_ms=1)
+    with _pytest.raises(WouldMissDeadline):
+        await batcher.submit(Request("retrieve", query="tight"), time.monotonic() + 0.01)
+    assert backend.batches == []  # not run at all: the engine serves it from the fallback at once
+    batcher.close()
+
+
+def test_engine_falls_back_when_a_batched_request_would_miss(client):
+    dense = client.app.state.engine.backends["retrieve"]["dense"]
+    saved, dense.ms_per_request = dense.ms_per_request, 0.0
+    try:
+        body = client.get("/retrieve", params={"q": "batched pears deadline", "backend": "dense",
+                                               "latency_budget_ms": 0.2}).json()
+    finally:
+        dense.ms_per_request = saved
+    assert body["degraded"] and body["backend"] == "bm25" and body["results"]
+    assert "unisr_batch_size_bucket" in client.get("/metrics").text

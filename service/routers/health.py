@@ -22,9 +22,16 @@ async def readyz(request: Request):
     if engine is None:
         return JSONResponse(status_code=503, content={"status": "starting", "detail": {}})
     cache_ok = await state.cache.ping()
+    events = await state.events.status()
+    degraded = ([] if cache_ok else [f"cache: {state.cache.kind} unreachable, bypassed"])
+    if events["pending_replay"]:
+        degraded.append(f"events: {events['pending_replay']} in the local log pending replay to Redis")
+    if events["redis_ok"] is False:
+        degraded.append("events: Redis unreachable, new events go to the local log")
     detail = {"backends": {t: engine.available(t) for t in engine.backends}, "cache": state.cache.kind,
-              "cache_ok": cache_ok, "artifacts": str(state.settings.artifacts_dir)}
-    return Health(status="ready" if cache_ok else "degraded", detail=detail)
+              "cache_ok": cache_ok, "events": events, "artifacts": str(engine.settings.artifacts_dir),
+              "degraded": degraded}
+    return Health(status="degraded" if degraded else "ready", detail=detail)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, Query
 
 from models.backend import Request
 from service.deps import get_cache, get_catalog, get_engine, get_settings
-from service.ranked import clean_query, ranked
+from service.ranked import MAX_QUERY_CHARS, clean_query, ranked
 from service.schemas import RankedResponse
 
 router = APIRouter(tags=["retrieve"])
@@ -13,7 +13,7 @@ router = APIRouter(tags=["retrieve"])
 
 @router.get("/retrieve", response_model=RankedResponse)
 async def retrieve(
-    q: str = Query(..., description="the query text", max_length=10_000),
+    q: str = Query(..., description="the query text (not blank)", min_length=1, max_length=MAX_QUERY_CHARS),
     k: int = Query(10, ge=1, le=100),
     latency_budget_ms: float | None = Query(None, gt=0, le=60_000),
     steps: int | None = Query(None, ge=1, le=64, description="denoising steps (generative backends)"),

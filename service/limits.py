@@ -1,0 +1,42 @@
+"""Request body limit (ASGI middleware): 413 with a JSON message for bodies over `max_bytes`.
+
+A Content-Length over the limit is refused before the body is read; a chunked body (no Content-Length) is
+counted as it arrives and refused when it crosses the limit (FastAPI passes the HTTPException raised while
+reading the body on to the app's exception handlers). Starlette's own limiter answers in plain text, hence
+this one.
+"""
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def too_large(max_bytes: int) -> str:
+    return f"request body too large: the limit is {max_bytes} bytes"
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            status, detail = (413, too_large(self.max_bytes)) if length.isdigit() else (400, "bad Content-Length")
+            return await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, too_large(self.max_bytes))
+            return message
+
+        await self.app(scope, counted, send)
