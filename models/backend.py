@@ -59,7 +59,7 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, directory: Path) -> "Backend":
+    def load(cls, directory: Path) -> Backend:
         ...
 
     @abstractmethod

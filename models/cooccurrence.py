@@ -26,7 +26,7 @@ class CooccurrenceBackend(Backend):
         self.index = {i: n for n, i in enumerate(ids)}
 
     @classmethod
-    def build(cls, sequences: dict[str, list[str]], directory: Path, window: int = 5) -> "CooccurrenceBackend":
+    def build(cls, sequences: dict[str, list[str]], directory: Path, window: int = 5) -> CooccurrenceBackend:
         ids = sorted({i for s in sequences.values() for i in s}, key=lambda x: (len(x), x))
         index = {i: n for n, i in enumerate(ids)}
         rows, cols = [], []
@@ -50,7 +50,7 @@ class CooccurrenceBackend(Backend):
         return cls(sim.tocsr(), ids, pop)
 
     @classmethod
-    def load(cls, directory: Path) -> "CooccurrenceBackend":
+    def load(cls, directory: Path) -> CooccurrenceBackend:
         return cls(sp.load_npz(directory / "sim.npz").tocsr(), json.loads((directory / "ids.json").read_text()),
                    np.load(directory / "popularity.npy"), read_meta(directory).get("recent", 10))
 

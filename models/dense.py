@@ -22,7 +22,7 @@ class DenseBackend(Backend):
         self.index, self.ids, self.encoder = index, ids, encoder
 
     @classmethod
-    def build(cls, corpus: dict[str, str], directory: Path, encoder: str | None = None) -> "DenseBackend":
+    def build(cls, corpus: dict[str, str], directory: Path, encoder: str | None = None) -> DenseBackend:
         ids = list(corpus)
         encoder = encoder or os.environ.get("UNISR_ENCODER")  # None: the packaged MiniLM
         vectors = encode([corpus[i] for i in ids], encoder, progress=True)
@@ -36,7 +36,7 @@ class DenseBackend(Backend):
         return cls(index, ids, encoder)
 
     @classmethod
-    def load(cls, directory: Path) -> "DenseBackend":
+    def load(cls, directory: Path) -> DenseBackend:
         encoder = read_meta(directory).get("encoder")
         return cls(faiss.read_index(str(directory / "index.faiss")), json.loads((directory / "ids.json").read_text()),
                    None if encoder == "minilm" else encoder)

@@ -27,7 +27,7 @@ class BM25Backend(Backend):
         self.retriever, self.ids = retriever, ids
 
     @classmethod
-    def build(cls, corpus: dict[str, str], directory: Path, k1: float = 1.2, b: float = 0.75) -> "BM25Backend":
+    def build(cls, corpus: dict[str, str], directory: Path, k1: float = 1.2, b: float = 0.75) -> BM25Backend:
         ids = list(corpus)
         retriever = bm25s.BM25(k1=k1, b=b)
         retriever.index(tokenize([corpus[i] for i in ids]), show_progress=True)
@@ -38,7 +38,7 @@ class BM25Backend(Backend):
         return cls(retriever, ids)
 
     @classmethod
-    def load(cls, directory: Path) -> "BM25Backend":
+    def load(cls, directory: Path) -> BM25Backend:
         return cls(bm25s.BM25.load(str(directory)), json.loads((directory / "ids.json").read_text()))
 
     def config(self, request: Request) -> dict:

@@ -18,7 +18,7 @@ class PopularityBackend(Backend):
         self.ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
     @classmethod
-    def build(cls, sequences: dict[str, list[str]], directory: Path) -> "PopularityBackend":
+    def build(cls, sequences: dict[str, list[str]], directory: Path) -> PopularityBackend:
         counts = Counter(i for s in sequences.values() for i in s)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "counts.json").write_text(json.dumps(counts))
@@ -26,7 +26,7 @@ class PopularityBackend(Backend):
         return cls(counts)
 
     @classmethod
-    def load(cls, directory: Path) -> "PopularityBackend":
+    def load(cls, directory: Path) -> PopularityBackend:
         return cls(json.loads((directory / "counts.json").read_text()))
 
     def top(self, k: int, exclude: set[str]) -> list[Hit]:

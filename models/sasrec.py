@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from models.backend import Backend, Hit, Request
 
@@ -70,7 +70,7 @@ class SASRec(nn.Module):
             (directory / "train_state.json").write_text(json.dumps(extra, indent=2))
 
     @classmethod
-    def from_dir(cls, directory: Path) -> tuple["SASRec", list[str]]:
+    def from_dir(cls, directory: Path) -> tuple[SASRec, list[str]]:
         model = cls(SASRecConfig(**json.loads((directory / "config.json").read_text())))
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         return model.eval(), json.loads((directory / "ids.json").read_text())
@@ -96,7 +96,7 @@ class SASRecBackend(Backend):
         self.index = {i: n + 1 for n, i in enumerate(ids)}
 
     @classmethod
-    def load(cls, directory: Path) -> "SASRecBackend":
+    def load(cls, directory: Path) -> SASRecBackend:
         return cls(*SASRec.from_dir(directory))
 
     def config(self, request: Request) -> dict:

@@ -46,7 +46,7 @@ class EventLog:
                     os.fsync(f.fileno())
         if new:
             _fsync_dir(self.path.parent)
-        self._file = open(self.path, "ab", buffering=0)
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open for the log's lifetime
         self.size = self._file.seek(0, os.SEEK_END)
 
     def close(self) -> None:

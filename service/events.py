@@ -13,6 +13,7 @@ Two stores:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from bisect import insort
@@ -98,10 +99,8 @@ class EventStore:
     async def close(self) -> None:
         if self._replayer is not None:
             self._replayer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._replayer
-            except (asyncio.CancelledError, Exception):
-                pass
         if self.redis is not None:
             await self.redis.aclose()
         self.log.close()

