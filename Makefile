@@ -4,8 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 ART     ?= artifacts/v1
 SASREC_EPOCHS ?= 80
+DOCID_EPOCHS  ?= 15
 
-.PHONY: install data artifacts serve test eval bench loadtest lint clean
+.PHONY: install data artifacts serve test eval eval-diffugr bench-docid loadtest lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,9 +23,20 @@ data: install
 $(ART)/recommend/sasrec/meta.json:
 	$(BIN)/python -m training.train_sasrec --out $(ART)/recommend/sasrec --epochs $(SASREC_EPOCHS)
 
+$(ART)/retrieve/docids/meta.json:
+	$(BIN)/python -m indexing.docids --artifacts $(ART)
+
+$(ART)/retrieve/diffugr/meta.json: $(ART)/retrieve/docids/meta.json
+	$(BIN)/python -m training.train_docid --mode diffusion --docids $(ART)/retrieve/docids \
+	  --out $(ART)/retrieve/diffugr --epochs $(DOCID_EPOCHS)
+
+$(ART)/retrieve/ar/meta.json: $(ART)/retrieve/docids/meta.json
+	$(BIN)/python -m training.train_docid --mode ar --docids $(ART)/retrieve/docids \
+	  --out $(ART)/retrieve/ar --epochs $(DOCID_EPOCHS)
+
 artifacts: data
 	$(BIN)/python -m indexing.build --artifacts $(ART)
-	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json
+	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
 
 serve: artifacts
 	UNISR_ARTIFACTS_DIR=$(ART) $(BIN)/python -m service
@@ -36,6 +48,13 @@ test: artifacts
 
 eval: artifacts
 	$(BIN)/python -m training.evaluate --task all --backend all --artifacts $(ART)
+
+# the autoregressive DocID decoder is a comparison baseline, not served by default: trained on demand
+eval-diffugr: artifacts $(ART)/retrieve/ar/meta.json
+	$(BIN)/python -m training.evaluate --task retrieve --backend diffugr --steps 1,2,3,4 --artifacts $(ART)
+
+bench-docid: artifacts $(ART)/retrieve/ar/meta.json
+	$(BIN)/python -m loadtest.bench_docid --artifacts $(ART)
 
 loadtest: artifacts
 	$(BIN)/python -m loadtest.run --start-server --users 20 --spawn-rate 10 --run-time 30s

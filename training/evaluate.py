@@ -90,17 +90,20 @@ def latency(backend: Backend, requests: list[Request], sample: int = 100) -> dic
 
 
 def evaluate_ranking(task: str, backend: Backend, split: str, data_dirs: dict, limit: int | None = None,
-                     batch_size: int = 64) -> dict:
+                     batch_size: int = 64, options: dict | None = None) -> dict:
     reqs, qrels, _ = task_requests(task, split, data_dirs)
     reqs = reqs[:limit] if limit else reqs
+    for r in reqs:
+        r.options.update(options or {})
     answers = {}
     for b in range(0, len(reqs), batch_size):
         batch = reqs[b:b + batch_size]
         for r, a in zip(batch, backend.answer(batch)):
             answers[r.options["qid"]] = a.hits
     metrics = rank_metrics({q: qrels[q] for q in answers}, answers)
-    return {"task": task, "backend": backend.name, "split": split, "queries": len(reqs), **metrics,
-            **latency(backend, reqs)}
+    name = backend.name + (f"@{options['steps']}" if options and "steps" in options else "")
+    return {"task": task, "backend": name, "split": split, "queries": len(reqs), **metrics,
+            **latency(backend, reqs), "config": backend.config(reqs[0]) if reqs else {}}
 
 
 # ---------------------------------------------------------------- question answering
@@ -143,13 +146,36 @@ def evaluate_qa(answerer: str, split: str, data_dirs: dict, limit: int | None = 
 
 # ---------------------------------------------------------------- driver
 def run(task: str, backend: str, artifacts: Path, data_dirs: dict, split: str = "test",
-        limit: int | None = None) -> dict:
+        limit: int | None = None, options: dict | None = None) -> dict:
     if task == "qa":
         return evaluate_qa(backend, split, data_dirs, limit)
     if backend == "random":
         _, _, ids = task_requests(task, split, data_dirs)
         return evaluate_ranking(task, RandomFloor(ids), split, data_dirs, limit)
-    return evaluate_ranking(task, load_backend(artifacts, task, backend), split, data_dirs, limit)
+    return evaluate_ranking(task, load_backend(artifacts, task, backend), split, data_dirs, limit,
+                            options=options)
+
+
+def plot_steps(rows: list[dict], reference: list[dict], path: Path) -> None:
+    """Recall@10 and mean latency against denoising steps, with the other backends as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["config"]["steps"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(steps, [r["recall@10"] for r in rows], "o-", label="DiffuGR")
+    a2.plot(steps, [r["latency_mean_ms"] for r in rows], "o-", label="DiffuGR")
+    for ref, style in zip(reference, ["--", ":", "-.", (0, (1, 1))]):
+        a1.axhline(ref["recall@10"], linestyle=style, color="gray", label=ref["backend"])
+        a2.axhline(ref["latency_mean_ms"], linestyle=style, color="gray", label=ref["backend"])
+    a1.set(xlabel="denoising steps T", ylabel="Recall@10", title="quality", xticks=steps)
+    a2.set(xlabel="denoising steps T", ylabel="mean ms / query (batch 1)", title="latency", xticks=steps)
+    a1.legend(fontsize=8), a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def print_table(results: list[dict], console: Console | None = None) -> None:
@@ -177,9 +203,29 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N queries only")
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--steps", default=None, help="with --task retrieve --backend diffugr: comma-separated step "
+                   "counts, each a row, next to bm25, dense and ar; a PNG plot is written beside the JSON")
     a = p.parse_args(argv)
     data_dirs = default_data_dirs(a.data)
     results = []
+    if a.steps:
+        if a.task != "retrieve" or a.backend != "diffugr":
+            p.error("--steps goes with --task retrieve --backend diffugr")
+        rows = [run("retrieve", "diffugr", a.artifacts, data_dirs, a.split, a.limit, {"steps": int(t)})
+                for t in a.steps.split(",")]
+        reference = []
+        for name in ("random", "bm25", "dense", "ar"):
+            try:
+                reference.append(run("retrieve", name, a.artifacts, data_dirs, a.split, a.limit))
+            except FileNotFoundError as e:
+                print(f"skipping {name}: {e}")
+        results = reference + rows
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "retrieve-diffugr-steps.json").write_text(json.dumps(results, indent=2) + "\n")
+        plot_steps(rows, [r for r in reference if r["backend"] != "random"], a.out / "retrieve-diffugr-steps.png")
+        print_table(results)
+        print(f"wrote {a.out / 'retrieve-diffugr-steps.json'} and {a.out / 'retrieve-diffugr-steps.png'}")
+        return results
     for task in TASKS if a.task == "all" else [a.task]:
         names = (["majority"] if task == "qa" else ["random", *backends_for(task)]) if a.backend == "all" \
             else [a.backend]
@@ -190,7 +236,7 @@ def main(argv=None) -> list[dict]:
                 r = run(task, name, a.artifacts, data_dirs, a.split, a.limit)
             except FileNotFoundError as e:
                 if a.backend != "all":
-                    raise SystemExit(str(e))
+                    raise SystemExit(str(e)) from None
                 print(f"skipping {task}/{name}: {e}")
                 continue
             results.append(r)

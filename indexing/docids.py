@@ -1,0 +1,101 @@
+"""Semantic DocIDs by residual k-means (residual quantisation) over document embeddings.
+
+Level 1 clusters the MiniLM embeddings into `codes` centroids (faiss k-means); level 2 clusters the
+residuals, and so on for `levels` levels; a final disambiguation token numbers the documents that share
+a code path, so every document gets a unique ID of length levels + 1. Similar documents share prefixes,
+which is what lets a decoder generalise from seen to unseen queries.
+
+    python -m indexing.docids --artifacts artifacts/v1 [--levels 3 --codes 32]
+
+writes <artifacts>/retrieve/docids/{codes.npy, ids.json, meta.json}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from models.backend import read_meta, write_meta
+
+
+@dataclass
+class DocIDs:
+    codes: np.ndarray  # (N, L) int64, column L-1 is the disambiguation token
+    ids: list[str]  # document id of each row
+    vocab: int  # tokens per position (max over positions)
+
+    @property
+    def length(self) -> int:
+        return int(self.codes.shape[1])
+
+    def lookup(self) -> dict[tuple[int, ...], str]:
+        return {tuple(int(c) for c in row): d for row, d in zip(self.codes, self.ids)}
+
+    def consistent(self, fixed: dict[int, int]) -> np.ndarray:
+        """Boolean mask of the documents whose ID agrees with every fixed (position -> token)."""
+        mask = np.ones(len(self.ids), dtype=bool)
+        for p, t in fixed.items():
+            mask &= self.codes[:, p] == t
+        return mask
+
+    def save(self, directory: Path, **meta) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "codes.npy", self.codes)
+        (directory / "ids.json").write_text(json.dumps(self.ids))
+        write_meta(directory, kind="docids", docs=len(self.ids), length=self.length, vocab=self.vocab, **meta)
+
+    @classmethod
+    def load(cls, directory: Path) -> DocIDs:
+        return cls(np.load(directory / "codes.npy"), json.loads((directory / "ids.json").read_text()),
+                   int(read_meta(directory)["vocab"]))
+
+
+def residual_kmeans(vectors: np.ndarray, levels: int = 3, codes: int = 32, seed: int = 0,
+                    niter: int = 25) -> np.ndarray:
+    """(N, levels) code indices; each level is faiss k-means on the residuals of the previous levels."""
+    residual = vectors.astype("float32").copy()
+    out = np.zeros((len(vectors), levels), dtype=np.int64)
+    for level in range(levels):
+        km = faiss.Kmeans(residual.shape[1], codes, niter=niter, seed=seed + level, verbose=False,
+                          min_points_per_centroid=1)
+        km.train(residual)
+        _, assign = km.index.search(residual, 1)
+        out[:, level] = assign[:, 0]
+        residual -= km.centroids[assign[:, 0]]
+    return out
+
+
+def build_docids(vectors: np.ndarray, ids: list[str], levels: int = 3, codes: int = 32, seed: int = 0) -> DocIDs:
+    paths = residual_kmeans(vectors, levels, codes, seed)
+    disamb = np.zeros(len(ids), dtype=np.int64)
+    seen: dict[tuple[int, ...], int] = {}
+    for n, row in enumerate(map(tuple, paths)):
+        disamb[n] = seen.get(row, 0)
+        seen[row] = disamb[n] + 1
+    full = np.concatenate([paths, disamb[:, None]], axis=1)
+    vocab = max(codes, int(disamb.max()) + 1)
+    return DocIDs(full, list(ids), vocab)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--codes", type=int, default=32)
+    a = p.parse_args(argv)
+    dense = a.artifacts / "retrieve" / "dense"  # reuse the corpus embeddings of the dense index
+    vectors = np.load(dense / "vectors.npy")
+    ids = json.loads((dense / "ids.json").read_text())
+    d = build_docids(vectors, ids, a.levels, a.codes)
+    d.save(a.artifacts / "retrieve" / "docids", levels=a.levels, codes=a.codes, index_version=a.artifacts.name,
+           embeddings=str(dense))
+    sizes = np.bincount(d.codes[:, -1])
+    print(f"{len(ids)} DocIDs of length {d.length}, vocab {d.vocab}; disambiguation token histogram {sizes.tolist()}")
+
+
+if __name__ == "__main__":
+    main()
