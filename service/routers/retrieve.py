@@ -17,7 +17,7 @@ async def retrieve(
     k: int = Query(10, ge=1, le=100),
     latency_budget_ms: float | None = Query(None, gt=0, le=60_000),
     steps: int | None = Query(None, ge=1, le=64, description="denoising steps (generative backends)"),
-    backend: str | None = Query(None, description="bm25 | dense (default from settings)"),
+    backend: str | None = Query(None, description="bm25 | dense | diffugr | ar (default from settings)"),
     engine=Depends(get_engine), catalog=Depends(get_catalog), cache=Depends(get_cache),
     settings=Depends(get_settings),
 ) -> RankedResponse:
