@@ -37,7 +37,7 @@ RETRIEVE_QUERIES = [
 ]
 SEARCH_BACKENDS = ["bm25", "dense"]
 RECOMMEND_BACKENDS = ["popularity", "cooc", "sasrec"]
-RETRIEVE_BACKENDS = ["bm25", "dense"]
+RETRIEVE_BACKENDS = ["bm25", "dense", "diffugr"]
 KS = [5, 10, 20]
 N_USERS = 943    # MovieLens-100k user ids "1".."943"
 N_ITEMS = 1682   # MovieLens-100k item ids "1".."1682"
@@ -158,8 +158,10 @@ class GatewayUser(HttpUser):
     @task(3)
     def retrieve(self) -> None:
         k = random.choice(KS)
-        p = params(q=random.choice(RETRIEVE_QUERIES), k=k, latency_budget_ms=maybe_budget(),
-                   backend=maybe_backend(RETRIEVE_BACKENDS))
+        backend = maybe_backend(RETRIEVE_BACKENDS)
+        steps = random.choice([None, 1, 2, 4]) if backend == "diffugr" else None  # denoising steps, or by budget
+        p = params(q=random.choice(RETRIEVE_QUERIES), k=k, latency_budget_ms=maybe_budget(), backend=backend,
+                   steps=steps)
         with self.client.get("/retrieve", params=p, name="/retrieve", catch_response=True) as resp:
             self._check(resp, k)
 

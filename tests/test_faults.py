@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from loadtest.run import stop_server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,16 +74,6 @@ def start_gateway(port: int, artifacts: Path, events_log: Path, log_path: Path, 
         time.sleep(0.3)
     proc.kill()
     raise RuntimeError("gateway not ready in 120 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def event(key: str, n: int) -> dict:
@@ -156,7 +148,7 @@ def test_redis_stopped_and_restarted_under_load(artifacts, tmp_path):
         stop_flag.set()
         for t in threads:
             t.join(timeout=30)
-        stop(gateway)
+        stop_server(gateway)
     try:
         assert not failures, failures[:5]
         assert counts["requests"] > 50 and before_outage > 0 and during_outage > 0
@@ -199,4 +191,4 @@ def test_gateway_killed_during_an_event_burst(artifacts, tmp_path):
         again = httpx.post(f"{base}/events", json=event(acked[0], 0), timeout=10)
         assert again.status_code == 200 and again.json()["duplicate"] is True
     finally:
-        stop(gateway)
+        stop_server(gateway)
