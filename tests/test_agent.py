@@ -95,18 +95,16 @@ def test_loop_with_a_scripted_model_rejects_uncited_records_and_forces_an_answer
 
 # ---------------------------------------------------------------- the loop with the real LM and retriever
 @pytest.fixture(scope="module")
-def agent_parts():
+def agent_parts(artifacts):
     from indexing.data import load_multihop
-    from models.causal_lm import default_lm_dir, load_causal_lm
+    from models.causal_lm import load_causal_lm
     from models.registry import load_backend
 
-    if not (default_lm_dir() / "meta.json").exists() or not (ROOT / "artifacts/v1/retrieve/bm25/meta.json").exists():
-        pytest.skip("needs the prepared LM and the retrieve/bm25 artifact (make artifacts)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: much faster greedy decoding on a shared 2-core box
-    model, tok = load_causal_lm()
+    model, tok = load_causal_lm()  # prepares the packaged SmolLM2 when missing
     data = load_multihop(ROOT / "data" / "strategyqa")
-    retriever = load_backend(ROOT / "artifacts" / "v1", "retrieve", "bm25")
+    retriever = load_backend(artifacts, "retrieve", "bm25")
     yield model, tok, retriever, data
     torch.set_num_threads(threads)
 
