@@ -6,7 +6,6 @@ DocID table it was trained on, indexing.docids), so a checkpoint always answers 
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -71,12 +70,7 @@ class GenerativeRetrievalBackend(Backend):
         """Measure the cost of every step count: the cost model that maps a budget to steps."""
         for steps in ([self.length] if self.left_to_right else range(1, self.length + 1)):
             r = Request(request.task, query=request.query, k=request.k, options={"steps": steps})
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                self._answer([r], None)
-                times.append((time.perf_counter() - t0) * 1000)
-            self.cost_ms[steps] = sorted(times)[len(times) // 2]
+            self.cost_ms[steps] = super().warm_up(r, repeats)
         self.ms_per_request = self.cost_ms[min(self.cost_ms)]
         return self.ms_per_request
 
