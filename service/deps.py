@@ -31,3 +31,8 @@ def get_settings(request: Request) -> Settings:
 
 def get_events(request: Request) -> EventStore:
     return request.app.state.events
+
+
+def user_history(catalog: Catalog, events, user_id: str | None) -> list[str]:
+    """A user's items, oldest first: the catalogue's interaction log, then the latest events posted."""
+    return catalog.history(user_id) + events.recent(user_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from models.backend import Request
-from service.deps import get_cache, get_catalog, get_engine, get_events, get_settings
+from service.deps import get_cache, get_catalog, get_engine, get_events, get_settings, user_history
 from service.engine import UnknownBackend
 from service.ranked import ranked
 from service.schemas import RankedResponse, RecommendBody
@@ -39,7 +39,7 @@ async def recommend(
     engine=Depends(get_engine), catalog=Depends(get_catalog), cache=Depends(get_cache),
     settings=Depends(get_settings), events=Depends(get_events),
 ) -> RankedResponse:
-    history = catalog.history(user_id) + events.recent(user_id)  # the catalogue's log, then the latest events
+    history = user_history(catalog, events, user_id)
     return await _recommend(user_id, history, k, latency_budget_ms, backend, engine, catalog,
                             cache, settings)
 
@@ -49,6 +49,6 @@ async def recommend_with_history(
     body: RecommendBody, engine=Depends(get_engine), catalog=Depends(get_catalog), cache=Depends(get_cache),
     settings=Depends(get_settings), events=Depends(get_events),
 ) -> RankedResponse:
-    history = body.history or (catalog.history(body.user_id) + events.recent(body.user_id))
+    history = body.history or user_history(catalog, events, body.user_id)
     return await _recommend(body.user_id, history, body.k, body.latency_budget_ms, body.backend, engine, catalog,
                             cache, settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 
 from models.backend import Request
-from service.deps import get_cache, get_catalog, get_engine, get_events, get_settings
+from service.deps import get_cache, get_catalog, get_engine, get_events, get_settings, user_history
 from service.ranked import MAX_QUERY_CHARS, clean_query, ranked
 from service.schemas import RankedResponse
 
@@ -22,7 +22,7 @@ async def search(
     settings=Depends(get_settings), events=Depends(get_events),
 ) -> RankedResponse:
     q = clean_query(q, settings)
-    request = Request("search", query=q, user_id=user_id, history=catalog.history(user_id) + events.recent(user_id),
+    request = Request("search", query=q, user_id=user_id, history=user_history(catalog, events, user_id),
                       k=k)
     return await ranked("search", request, backend, latency_budget_ms, engine=engine, catalog=catalog, cache=cache,
                         settings=settings, cache_params={"q": q, "user_id": user_id, "k": k})
