@@ -7,13 +7,14 @@ from models.backend import Backend
 from models.cooccurrence import CooccurrenceBackend
 from models.dense import DenseBackend
 from models.diffugr import ARDocIDBackend, DiffuGRBackend
+from models.gems_backend import GEMSBackend
 from models.lexical import BM25Backend
 from models.popularity import PopularityBackend
 from models.sasrec import SASRecBackend
 
 BACKENDS: dict[str, type[Backend]] = {
     cls.name: cls for cls in (BM25Backend, DenseBackend, PopularityBackend, CooccurrenceBackend, SASRecBackend,
-                              DiffuGRBackend, ARDocIDBackend)
+                              DiffuGRBackend, ARDocIDBackend, GEMSBackend)
 }
 
 

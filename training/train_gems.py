@@ -1,0 +1,372 @@
+"""Tune one causal LM for search and recommendation with GEMS, and compare it with the alternatives.
+
+    python -m training.train_gems --out artifacts/v1/gems            # all variants, the table, the plot
+    python -m training.train_gems --variants gems --out ...          # one variant
+
+Data: MovieLens-100K (the foundation's data). Recommendation examples: a user's last items (as semantic-ID
+tokens) -> the next item; search examples: the category query that leads to an item -> that item. Items are
+semantic IDs (residual k-means codes of their MiniLM embeddings, 2 levels x 32 + disambiguation) added to
+the vocabulary (models.item_generation). The held-out test split is the foundation's (last item per user,
+its query for search); `--eval-users` of them are scored.
+
+Only the top `top_layers` blocks are adapted, so the frozen lower blocks' outputs are computed once per
+sequence and cached (bf16); every training step runs the adapted blocks only. That is what makes five
+variants trainable on a CPU.
+
+Variants (the comparison table, rows b-e; row a is the non-LLM baselines on the same test examples):
+  joint        one LoRA trained on both tasks (summed loss)
+  single       a separate LoRA per task
+  gems-nonull  GEMS (shared + task subspaces, gradient split) without the null-space projection
+  gems         GEMS with the null-space projection (the served checkpoint)
+General-domain perplexity (held-out StrategyQA evidence sentences, not the fine-tuning data) before/after;
+the null-space directions come from a disjoint half of that corpus. Outputs: <out>/ (served checkpoint:
+adapters + item head + item IDs + peft exports), results/gems-table.{md,json}, results/gems-grad-cosine.png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from indexing.data import load_recsys, load_retrieval
+from indexing.docids import DocIDs, build_docids
+from models import gems
+from models.backend import Request, write_meta
+from models.causal_lm import load_causal_lm, perplexity
+from models.item_generation import ItemVocab, add_item_tokens, beam_search, recommend_prompt, search_prompt
+from models.registry import load_backend
+
+TASKS = ("search", "recommend")
+VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(variant="single", null_space=False),
+            "gems-nonull": dict(variant="gems", null_space=False), "gems": dict(variant="gems", null_space=True)}
+
+
+@dataclass
+class TrainConfig:
+    examples_per_task: int = 3000
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-3
+    head_lr: float = 2e-3
+    history: int = 10  # items in a recommendation prompt
+    eval_users: int = 300
+    beam: int = 20
+    general_texts: int = 600  # general-domain sentences for the null space (and as many for perplexity)
+    seed: int = 0
+
+
+# ------------------------------------------------------------------ data
+def item_ids(artifacts: Path, out: Path) -> DocIDs:
+    """Semantic IDs of the catalogue's items from the search index's MiniLM vectors (cached in out/itemids)."""
+    d = out / "itemids"
+    if (d / "meta.json").exists():
+        return DocIDs.load(d)
+    dense = artifacts / "search" / "dense"
+    ids = build_docids(np.load(dense / "vectors.npy"), json.loads((dense / "ids.json").read_text()), 2, 32)
+    ids.save(d, levels=2, codes=32, embeddings=str(dense))
+    return ids
+
+
+def examples(data, vocab: ItemVocab, split: str, n: int | None, history: int, seed: int) -> dict[str, list]:
+    """task -> [(prompt, target item, user history)]."""
+    ex = [e for e in data.examples(split) if e.target in vocab.row]
+    if n is not None and len(ex) > n:
+        ex = random.Random(seed).sample(ex, n)
+    return {"search": [(search_prompt(e.query), e.target, e.history) for e in ex],
+            "recommend": [(recommend_prompt(vocab, e.history, history), e.target, e.history) for e in ex]}
+
+
+def general_texts(data_dir: Path, n: int) -> tuple[list[str], list[str]]:
+    """Two disjoint halves of the StrategyQA evidence sentences: null-space estimation, perplexity."""
+    corpus = load_retrieval(data_dir / "strategyqa-facts").corpus
+    texts = sorted(d["text"] for d in corpus.values() if len(d["text"].split()) >= 6)
+    random.Random(0).shuffle(texts)
+    return texts[:n], texts[n:2 * n]
+
+
+class Encoded:
+    """Token ids of prompt + target (teacher forcing), the positions that predict each level, cached states."""
+
+    def __init__(self, tok, vocab: ItemVocab, rows: list[tuple[str, str, list[str]]]):
+        self.ids, self.pred_pos, self.targets = [], [], []
+        for prompt, target, _ in rows:
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            t = vocab.token_ids(vocab.row[target])
+            self.ids.append(p + t[:-1])
+            self.pred_pos.append([len(p) - 1 + i for i in range(len(t))])
+            self.targets.append([int(c) for c in vocab.ids.codes[vocab.row[target]]])
+        self.states: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def cache_lower(self, model, n_lower: int, batch: int = 64, desc: str = "") -> None:
+        """Outputs of the frozen blocks 0..n_lower-1 (right padding, causal: exact for the real positions)."""
+        lm = model.model
+        self.states = [None] * len(self.ids)
+        order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
+        for b in tqdm(range(0, len(order), batch), desc=f"caching frozen blocks {desc}"):
+            idx = order[b:b + batch]
+            width = max(len(self.ids[i]) for i in idx)
+            ids = torch.zeros(len(idx), width, dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, :len(self.ids[i])] = torch.tensor(self.ids[i])
+            pos = torch.arange(width)[None].expand(len(idx), -1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                h = lm.embed_tokens(ids)
+                pe = lm.rotary_emb(h, position_ids=pos)
+                for layer in lm.layers[:n_lower]:
+                    h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)
+            for r, i in enumerate(idx):
+                self.states[i] = h[r, :len(self.ids[i])].to(torch.bfloat16).clone()
+
+
+def top_loss(model, enc: Encoded, idx: list[int], n_lower: int, item_head: torch.Tensor, vocab: ItemVocab
+             ) -> torch.Tensor:
+    """Cross-entropy of the target item's tokens, level by level, running only the adapted blocks."""
+    lm = model.model
+    width = max(len(enc.ids[i]) for i in idx)
+    h = torch.zeros(len(idx), width, lm.config.hidden_size)
+    for r, i in enumerate(idx):
+        h[r, :len(enc.ids[i])] = enc.states[i].float()
+    pos = torch.arange(width)[None].expand(len(idx), -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pe = lm.rotary_emb(h, position_ids=pos)
+        for layer in lm.layers[n_lower:]:
+            h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)
+        h = lm.norm(h)
+    V = vocab.vocab
+    rows = torch.tensor([r for r, i in enumerate(idx) for _ in enc.pred_pos[i]])
+    cols = torch.tensor([p for i in idx for p in enc.pred_pos[i]])
+    levels = torch.tensor([lv for i in idx for lv in range(len(enc.pred_pos[i]))])
+    targets = torch.tensor([t for i in idx for t in enc.targets[i]])
+    hs = h[rows, cols].float()  # (n, d)
+    head = item_head.view(vocab.length, V, -1)[levels]  # (n, V, d)
+    logits = torch.einsum("nd,nvd->nv", hs, head)
+    return F.cross_entropy(logits, targets)
+
+
+# ------------------------------------------------------------------ evaluation
+def rank_metrics(ranked: list[list[str]], targets: list[str]) -> dict[str, float]:
+    hr5 = hr10 = ndcg = 0.0
+    for items, t in zip(ranked, targets):
+        if t in items[:10]:
+            r = items.index(t)
+            hr10 += 1
+            hr5 += r < 5
+            ndcg += 1 / math.log2(r + 2)
+    n = max(1, len(targets))
+    return {"hr@5": hr5 / n, "hr@10": hr10 / n, "ndcg@10": ndcg / n}
+
+
+def evaluate_llm(model, tok, vocab, item_head, test: dict[str, list], beam: int, batch: int = 16) -> dict:
+    out = {}
+    for task in TASKS:
+        gems.set_task(model, task)
+        ranked = []
+        for b in tqdm(range(0, len(test[task]), batch), desc=f"eval {task}"):
+            rows = test[task][b:b + batch]
+            excl = [set(h) for _, _, h in rows] if task == "recommend" else None
+            res = beam_search(model, tok, vocab, item_head, [p for p, _, _ in rows], beam, 10, excl)
+            ranked += [[i for i, _ in r] for r in res]
+        out[task] = rank_metrics(ranked, [t for _, t, _ in test[task]])
+    gems.set_task(model, None)
+    return out
+
+
+def evaluate_baselines(artifacts: Path, test: dict[str, list]) -> dict[str, dict]:
+    rows = {}
+    for task, names in (("search", ["bm25", "dense"]), ("recommend", ["popularity", "cooc", "sasrec"])):
+        for name in names:
+            backend = load_backend(artifacts, task, name)
+            ranked = []
+            for prompt, _, hist in test[task]:
+                q = prompt.split("Search: ", 1)[1].split("\nItem:")[0] if task == "search" else ""
+                ans = backend.answer([Request(task, query=q, history=hist, k=10)])[0]
+                ranked.append([h.id for h in ans.hits])
+            rows[f"{name} ({task})"] = {task: rank_metrics(ranked, [t for _, t, _ in test[task]])}
+    return rows
+
+
+def general_ppl(model, tok, texts: list[str]) -> dict[str, float]:
+    out = {}
+    for task in TASKS:
+        gems.set_task(model, task)
+        out[task] = perplexity(model, tok, texts, max_len=64, batch_size=16)
+    gems.set_task(model, None)
+    return out
+
+
+# ------------------------------------------------------------------ training one variant
+def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, enc: dict[str, Encoded],
+                  cfg: TrainConfig, general: list[str], gcfg_over: dict | None = None) -> tuple:
+    model = copy.deepcopy(base)
+    gcfg = gems.GEMSConfig(**{**VARIANTS[name], **(gcfg_over or {})})
+    gems.attach(model, gcfg)
+    n_lower = gems.adapted_layers(model, gcfg)[0]
+    ranks = {}
+    if gcfg.null_space:
+        batches = [tok(general[i:i + 16], return_tensors="pt", padding=True, truncation=True, max_length=64)
+                   for i in range(0, len(general), 16)]
+        dirs = gems.protected_directions(model, [(b["input_ids"], b["attention_mask"]) for b in batches],
+                                         gcfg.null_energy)
+        ranks = gems.protect(model, dirs)
+    item_head = torch.nn.Parameter(head0.clone())
+    params = [p for s in gcfg.subspaces for p in gems.parameters(model, s)]
+    opt = torch.optim.AdamW([{"params": params, "lr": cfg.lr}, {"params": [item_head], "lr": cfg.head_lr}],
+                            weight_decay=0.0)
+    n = min(len(enc[t].ids) for t in TASKS)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.head_lr], pct_start=0.1,
+                                                total_steps=cfg.epochs * steps_per_epoch)
+    history = {"cos": [], "loss": {t: [] for t in TASKS}}
+    rng = random.Random(cfg.seed)
+    model.train()
+    for epoch in range(cfg.epochs):
+        orders = {t: rng.sample(range(len(enc[t].ids)), n) for t in TASKS}
+        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}")
+        for s in bar:
+            grads = {}
+            for t in TASKS:
+                gems.set_task(model, t)
+                idx = orders[t][s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                loss = top_loss(model, enc[t], idx, n_lower, item_head, vocab)
+                loss.backward()
+                grads[t] = gems.task_gradients(model, gcfg)
+                history["loss"][t].append(loss.item())
+            cos = gems.split_gradients(model, grads, gcfg)
+            history["cos"].append(cos)
+            before = gems.snapshot_A(model)
+            torch.nn.utils.clip_grad_norm_(params + [item_head], 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            gems.project_updates(model, before)
+            bar.set_postfix(search=f"{history['loss']['search'][-1]:.3f}",
+                            rec=f"{history['loss']['recommend'][-1]:.3f}", cos=f"{cos:.2f}")
+    model.eval()
+    gems.set_task(model, None)
+    return model, gcfg, item_head.detach(), history, ranks
+
+
+# ------------------------------------------------------------------ the pipeline
+def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: TrainConfig, lm: str | None,
+        results: Path, gcfg_over: dict | None = None) -> dict:
+    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    data = load_recsys(data_dir / "ml100k")
+    base, tok = load_causal_lm(lm, dtype=torch.float32)
+    ids = item_ids(artifacts, out)
+    vocab, head0 = add_item_tokens(base, tok, ids, {i: d.get("title", i) for i, d in data.items.items()})
+    train = examples(data, vocab, "train", cfg.examples_per_task, cfg.history, cfg.seed)
+    test = examples(data, vocab, "test", cfg.eval_users, cfg.history, cfg.seed + 1)
+    null_texts, ppl_texts = general_texts(data_dir, cfg.general_texts)
+    n_lower = len(base.model.layers) - gems.GEMSConfig(**(gcfg_over or {})).top_layers
+    enc = {t: Encoded(tok, vocab, train[t]) for t in TASKS}
+    for t in TASKS:
+        enc[t].cache_lower(base, n_lower, desc=t)
+    report = {"config": asdict(cfg), "test_examples": len(test["search"]), "rows": {}, "curves": {}}
+    report["rows"].update({f"(a) {k}": v for k, v in evaluate_baselines(artifacts, test).items()})
+    gems.attach(probe := copy.deepcopy(base), gems.GEMSConfig(variant="joint"))
+    report["general_ppl_base"] = general_ppl(probe, tok, ppl_texts)["search"]
+    del probe
+    labels = {"joint": "(b) one LoRA, both tasks", "single": "(c) one LoRA per task",
+              "gems-nonull": "(d) GEMS, no null space", "gems": "(e) GEMS"}
+    for name in variants:
+        t1 = time.time()
+        model, gcfg, head, hist, ranks = train_variant(name, base, tok, vocab, head0, enc, cfg, null_texts, gcfg_over)
+        metrics = evaluate_llm(model, tok, vocab, head, test, cfg.beam)
+        metrics["general_ppl"] = general_ppl(model, tok, ppl_texts)
+        metrics["train_s"] = time.time() - t1
+        metrics["final_loss"] = {t: float(np.mean(hist["loss"][t][-10:])) for t in TASKS}
+        if ranks:
+            metrics["protected_rank_mean"] = float(np.mean(list(ranks.values())))
+        report["rows"][labels[name]] = metrics
+        report["curves"][name] = hist["cos"]
+        print(f"{labels[name]}: {json.dumps({t: metrics[t] for t in TASKS})} ppl {metrics['general_ppl']}",
+              flush=True)
+        if name == "gems":
+            save_checkpoint(out, model, gcfg, head, tok, vocab, base, lm, cfg)
+    report["seconds"] = time.time() - t0
+    write_report(report, results)
+    return report
+
+
+def save_checkpoint(out: Path, model, gcfg, head, tok, vocab: ItemVocab, base, lm, cfg: TrainConfig) -> None:
+    emb = base.get_input_embeddings().weight[vocab.first_token:vocab.first_token + len(vocab.tokens())]
+    gems.save_adapters(model, gcfg, out, {"item_head": head, "item_embeddings": emb.detach().clone()},
+                       lm=str(lm) if lm else None, history=cfg.history)
+    for t in TASKS:
+        gems.export_peft(model, gcfg, t, out / "peft" / t)
+    write_meta(out, backend="gems", lm=str(lm) if lm else None, variant=gcfg.variant, itemids="itemids",
+               history=cfg.history, beam=cfg.beam)
+    for t in TASKS:  # the registry's layout: <artifacts>/<task>/gems -> this checkpoint
+        write_meta(out.parent / t / "gems", backend="gems", checkpoint=str(Path("..") / ".." / out.name))
+
+
+def write_report(report: dict, results: Path) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "gems-table.json").write_text(json.dumps(report, indent=2) + "\n")
+    head = ("| system | search HR@5 | HR@10 | NDCG@10 | rec HR@5 | HR@10 | NDCG@10 | general ppl (search / rec "
+            "adapter) |")
+    lines = [f"GEMS comparison on {report['test_examples']} held-out test examples per task (ML-100K; "
+             f"base general-domain perplexity {report['general_ppl_base']:.2f})", "", head,
+             "|" + "---|" * 8]
+    for name, row in report["rows"].items():
+        cells = []
+        for t in TASKS:
+            m = row.get(t)
+            cells += [f"{m['hr@5']:.3f}", f"{m['hr@10']:.3f}", f"{m['ndcg@10']:.3f}"] if m else ["", "", ""]
+        ppl = row.get("general_ppl")
+        cells.append(f"{ppl['search']:.2f} / {ppl['recommend']:.2f}" if ppl else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (results / "gems-table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, cos in report["curves"].items():
+        c = np.array(cos, dtype=float)
+        if np.isnan(c).all():
+            continue
+        w = max(1, len(c) // 30)
+        ax.plot(np.convolve(c, np.ones(w) / w, mode="valid"), label=name)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="training step", ylabel="cos(g_search, g_recommend)", title="shared-subspace gradient cosine")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(results / "gems-grad-cosine.png", dpi=120)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("artifacts/v1/gems"))
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--lm", default=None)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--top-layers", type=int, default=4)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--null-energy", type=float, default=0.9)
+    for f in TrainConfig.__dataclass_fields__.values():
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__})
+    run(a.out, a.artifacts, a.data, a.variants.split(","), cfg, a.lm, a.results,
+        {"top_layers": a.top_layers, "rank": a.rank, "null_energy": a.null_energy})
+
+
+if __name__ == "__main__":
+    main()
