@@ -33,6 +33,8 @@ class AgentConfig:
     steps_after_limit: int = 2  # Think/Record steps still allowed once the hop limit is reached
     max_passage_chars: int = 300
     yes_no: bool = True  # normalise answers of yes/no questions to "yes"/"no"
+    few_shot: bool = True  # show the worked example; an EM-trained model knows the format without it
+    temperature: float = 0.0  # 0: greedy; > 0: sample each step (the EM E-step)
 
 
 @dataclass
@@ -61,8 +63,17 @@ class Trace:
     raw_answer: str = ""
     evidence: list[Evidence] = field(default_factory=list)
     hops: int = 0
-    stop_reason: str = ""  # answer | hop_limit | step_limit | parse_error
+    stop_reason: str = ""  # answer | hop_limit | step_limit | parse_error | budget
     total_ms: float = 0.0
+    prompt: str = ""  # the instructions and question the model started from
+    # the transcript after the prompt up to the answer: (text, written by the model?) — executed actions are the
+    # model's, result blocks the retriever's; what EM trains on
+    segments: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def context(self) -> str:
+        """Prompt plus transcript: what the model saw before answering."""
+        return self.prompt + "".join(text for text, _ in self.segments)
 
     @property
     def retrieved_ids(self) -> list[str]:
@@ -176,7 +187,9 @@ class SearchAgent:
         device = next(self.lm.parameters()).device
         enc = self.tokenizer(prompt, return_tensors="pt").to(device)
         n = enc["input_ids"].shape[1]
-        out = self.lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        sample = {"do_sample": True, "temperature": self.config.temperature, "top_k": 0, "top_p": 1.0} \
+            if self.config.temperature > 0 else {"do_sample": False}
+        out = self.lm.generate(**enc, max_new_tokens=max_new_tokens, num_beams=1, **sample,
                                pad_token_id=self.tokenizer.pad_token_id,
                                stopping_criteria=StoppingCriteriaList([_StopAtLineEnd(self.tokenizer, n)]))
         text = self.tokenizer.decode(out[0, n:], skip_special_tokens=True)
@@ -239,7 +252,8 @@ class SearchAgent:
 
     # ------------------------------------------------------------ the loop
     def prompt_prefix(self, question: str) -> str:
-        return f"{INSTRUCTIONS}\n{EXAMPLE}\nQuestion: {question.strip()}\n"
+        example = f"{EXAMPLE}\n" if self.config.few_shot else ""
+        return f"{INSTRUCTIONS}\n{example}Question: {question.strip()}\n"
 
     @staticmethod
     def _retry_seed(trace: Trace, max_hops: int) -> str:
@@ -255,12 +269,18 @@ class SearchAgent:
             return "Search:"
         return "Answer:"
 
-    def run(self, question: str, max_hops: int | None = None) -> Trace:
+    def run(self, question: str, max_hops: int | None = None, on_step: Callable[[Step], None] | None = None,
+            answer: bool = True, stop_at: float | None = None) -> Trace:
+        """Run the loop. on_step is called with every step as it completes (streaming). answer=False stops before
+        the answer (the model's own Answer stays out of the transcript): the EM E-step scores the gold answer
+        after the trajectory instead. stop_at (a time.monotonic() value): no new step starts after it; the
+        answer is forced (stop_reason "budget")."""
         cfg = self.config
         max_hops = cfg.max_hops if max_hops is None else max_hops
         t_start = time.perf_counter()
         trace = Trace(question=question)
-        context = self.prompt_prefix(question)
+        context = trace.prompt = self.prompt_prefix(question)
+        emit = on_step or (lambda step: None)
         retrieved: set[str] = set()
         seed = ""  # after a malformed step, the re-prompt starts the line with a keyword (see _retry_seed)
         retried = False
@@ -273,6 +293,9 @@ class SearchAgent:
             if trace.hops >= max_hops and after_limit >= cfg.steps_after_limit:
                 trace.stop_reason = "hop_limit"
                 break
+            if stop_at is not None and time.monotonic() >= stop_at:
+                trace.stop_reason = "budget"
+                break
             raw, gen_ms = self._generate(context + seed, cfg.max_new_tokens)
             raw = seed + raw
             line = next((ln for ln in raw.splitlines() if ln.strip()), "")
@@ -283,6 +306,7 @@ class SearchAgent:
                                            "trace; cite a doc id shown in the results")
             except ActionParseError as e:
                 trace.steps.append(Step(None, raw, gen_ms=gen_ms, error=str(e), executed=False))
+                emit(trace.steps[-1])
                 if retried:
                     trace.stop_reason = "parse_error"
                     break
@@ -298,6 +322,7 @@ class SearchAgent:
                 if trace.hops >= max_hops:
                     step.executed, step.error = False, f"hop limit ({max_hops}) reached"
                     trace.stop_reason = "hop_limit"
+                    emit(step)
                     break
                 t0 = time.perf_counter()
                 ids = self._retrieve(action.text, cfg.k)
@@ -305,24 +330,36 @@ class SearchAgent:
                 step.retrieved = ids
                 retrieved.update(ids)
                 trace.hops += 1
-                context += action.render() + "\n" + self._results_block(ids)
+                results = self._results_block(ids)
+                trace.segments += [(action.render() + "\n", True), (results, False)]
+                context += action.render() + "\n" + results
             elif action.kind == RECORD:
                 if all((e.text, e.doc_id) != (action.text, action.doc_id) for e in trace.evidence):
                     trace.evidence.append(Evidence(action.text, action.doc_id))
+                trace.segments.append((action.render() + "\n", True))
                 context += action.render() + "\n"
             elif action.kind == THINK:
+                trace.segments.append((action.render() + "\n", True))
                 context += action.render() + "\n"
-            elif action.kind == ANSWER:
+            if action.kind != ANSWER:
+                emit(step)
+            elif not answer:
+                trace.steps.pop()
+                trace.stop_reason = "answer"
+                break
+            else:
                 trace.raw_answer = action.text
                 trace.answer = self._normalise(question, action.text)
                 if trace.answer not in ("yes", "no") and self.config.yes_no and is_yes_no_question(question):
                     trace.answer = self._yes_no_by_score(context + "Answer:")
                 trace.stop_reason = "answer"
+                emit(step)
                 break
-        if trace.stop_reason != "answer":
-            answer, raw, ms = self._final_answer(question, context + "Answer:")
-            trace.steps.append(Step(Action(ANSWER, answer or "(none)"), raw, gen_ms=ms, forced=True))
-            trace.answer, trace.raw_answer = answer, raw.strip()
+        if trace.stop_reason != "answer" and answer:
+            text, raw, ms = self._final_answer(question, context + "Answer:")
+            trace.steps.append(Step(Action(ANSWER, text or "(none)"), raw, gen_ms=ms, forced=True))
+            trace.answer, trace.raw_answer = text, raw.strip()
+            emit(trace.steps[-1])
         trace.total_ms = (time.perf_counter() - t_start) * 1000
         return trace
 
