@@ -4,9 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 ART     ?= artifacts/v1
 SASREC_EPOCHS ?= 80
-DOCID_EPOCHS  ?= 15
+DOCID_EPOCHS  ?= 30
 
-.PHONY: install data artifacts serve test eval eval-diffugr bench-docid loadtest lint clean
+.PHONY: install data artifacts agent serve test eval eval-diffugr eval-agent bench-docid loadtest lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,16 @@ artifacts: data
 	$(BIN)/python -m indexing.build --artifacts $(ART)
 	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
 
-serve: artifacts
+# EXSEARCH: generalized-EM rounds of the agent (SmolLM2-135M on CPU: ~EM_MIN minutes); /search?mode=agentic
+# serves the result, or the untrained base LM with a worked example when it is missing
+$(ART)/agent/meta.json:
+	$(BIN)/python -m models.causal_lm prepare
+	$(BIN)/python -m training.train_agent --out $(ART)/agent --artifacts $(ART)
+
+agent: artifacts
+	$(MAKE) --no-print-directory $(ART)/agent/meta.json
+
+serve: artifacts agent
 	UNISR_ARTIFACTS_DIR=$(ART) $(BIN)/python -m service
 
 test: artifacts
@@ -52,6 +61,9 @@ eval: artifacts
 # the autoregressive DocID decoder is a comparison baseline, not served by default: trained on demand
 eval-diffugr: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m training.evaluate --task retrieve --backend diffugr --steps 1,2,3,4 --artifacts $(ART)
+
+eval-agent: agent
+	$(BIN)/python -m training.evaluate_agent --split test --limit 100 --artifacts $(ART)
 
 bench-docid: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m loadtest.bench_docid --artifacts $(ART)

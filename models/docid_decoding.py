@@ -8,7 +8,10 @@ one batched forward pass; then, per hypothesis:
    positions define the allowed tokens, so every answer is a real document);
 2. the positions to fill are picked: the n_t most confident masked positions (DiffuGR,
    confidence-first unmasking; the other predictions are discarded, i.e. remasked) or the next position
-   (left to right, autoregressive);
+   (left to right, autoregressive). With `disambiguation_last`, the last position (the DocID's
+   disambiguation token, an arbitrary index among the documents sharing a semantic code) is only filled
+   once the semantic positions are: its distribution is peaked (most leaves hold one document, token 0)
+   without saying anything about the query, so confidence alone would commit it first;
 3. the candidate fillings are the distinct projections of the consistent documents onto those positions,
    scored by the sum of their tokens' log-probabilities; the best `beam` survive.
 
@@ -40,7 +43,8 @@ class Hyp:
 
 
 def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor], codes: np.ndarray,
-                n_queries: int, steps: int, beam: int, left_to_right: bool = False) -> list[list[tuple[int, float]]]:
+                n_queries: int, steps: int, beam: int, left_to_right: bool = False,
+                disambiguation_last: bool = True) -> list[list[tuple[int, float]]]:
     """logprobs_fn(query_index (H,), tokens (H, L)) -> (H, L, V) log-probabilities.
 
     codes: (N, L) the valid DocIDs. Returns per query up to `beam` (document row, log-probability), best first.
@@ -60,6 +64,8 @@ def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
                 fill = masked[:n_fill]
             else:  # confidence of a position: its best allowed token's probability
                 conf = np.array([lph[p, np.unique(cand[:, p])].max() for p in masked])
+                if disambiguation_last and len(masked) > 1 and masked[-1] == L - 1:
+                    conf[-1] = -np.inf
                 fill = masked[np.argsort(-conf, kind="stable")[:n_fill]]
             proj, first, inverse = np.unique(cand[:, fill], axis=0, return_index=True, return_inverse=True)
             scores = lph[fill[None, :], proj].sum(axis=1)  # (n_unique,)
