@@ -6,7 +6,7 @@ ART     ?= artifacts/v1
 SASREC_EPOCHS ?= 80
 DOCID_EPOCHS  ?= 30
 
-.PHONY: install data artifacts agent serve test eval eval-diffugr eval-agent bench-docid loadtest lint clean
+.PHONY: install data artifacts agent gems serve test eval eval-diffugr eval-agent bench-docid loadtest lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,8 +38,8 @@ artifacts: data
 	$(BIN)/python -m indexing.build --artifacts $(ART)
 	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
 
-# EXSEARCH: generalized-EM rounds of the agent (SmolLM2-135M on CPU: ~EM_MIN minutes); /search?mode=agentic
-# serves the result, or the untrained base LM with a worked example when it is missing
+# EXSEARCH: generalized-EM rounds of the agent (SmolLM2-135M on CPU); /search?mode=agentic serves the result,
+# or the untrained base LM with a worked example when it is missing
 $(ART)/agent/meta.json:
 	$(BIN)/python -m models.causal_lm prepare
 	$(BIN)/python -m training.train_agent --out $(ART)/agent --artifacts $(ART)
@@ -47,7 +47,15 @@ $(ART)/agent/meta.json:
 agent: artifacts
 	$(MAKE) --no-print-directory $(ART)/agent/meta.json
 
-serve: artifacts agent
+# GEMS: item semantic IDs, four adapter variants (table + gradient-cosine plot in results/), the served checkpoint
+$(ART)/gems/meta.json:
+	$(BIN)/python -m models.causal_lm prepare
+	$(BIN)/python -m training.train_gems --out $(ART)/gems --artifacts $(ART)
+
+gems: artifacts
+	$(MAKE) --no-print-directory $(ART)/gems/meta.json
+
+serve: artifacts agent gems
 	UNISR_ARTIFACTS_DIR=$(ART) $(BIN)/python -m service
 
 test: artifacts
@@ -63,7 +71,7 @@ eval-diffugr: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m training.evaluate --task retrieve --backend diffugr --steps 1,2,3,4 --artifacts $(ART)
 
 eval-agent: agent
-	$(BIN)/python -m training.evaluate_agent --split test --limit 100 --artifacts $(ART)
+	$(BIN)/python -m training.evaluate_agent --split test --limit 50 --threads 1 --artifacts $(ART)
 
 bench-docid: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m loadtest.bench_docid --artifacts $(ART)

@@ -7,11 +7,12 @@ embeddings, gems_config.json, itemids/, peft/<task>/ exports, meta.json naming t
 
 Budget: the beam width is the knob. Warm-up measures the cost of beams k, 2k, 4k (k = the request's k);
 `plan` picks the widest beam whose cost fits, and a budget below beam = k degrades to the task's cheapest
-backend. CPU path: transformers (bf16). GPU path: `engine="vllm"` in meta.json serves the base model with the
-exported peft adapter through vLLM (`pip install unisr[gpu]`); it shares this interface.
+backend. CPU path: transformers (bf16). GPU path: UNISR_GEMS_ENGINE=vllm serves the base model with the exported
+peft adapters through vLLM (models.gems_vllm; `pip install -e '.[gpu]'`, not exercised in CI); same interface.
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -47,6 +48,15 @@ class GEMSModel:
         self.history = int(meta.get("history", 10))
         self.model = self.model.to(torch.bfloat16).eval()
         self.lock = threading.Lock()  # one generation at a time: the model uses every core
+        self.engine = None
+        if os.environ.get("UNISR_GEMS_ENGINE", "transformers") == "vllm":
+            from models.gems_vllm import VLLMItemGenerator, export_vllm_base
+
+            base = directory / "vllm-base"
+            if not (base / "config.json").exists():
+                export_vllm_base(self.model, self.tok, self.vocab, self.item_head, base)
+            self.engine = VLLMItemGenerator(base, {t: directory / "peft" / t for t in self.cfg.tasks}, self.vocab,
+                                            max_lora_rank=2 * self.cfg.rank)
 
     @classmethod
     def shared(cls, directory: Path) -> GEMSModel:
@@ -57,6 +67,8 @@ class GEMSModel:
             return _SHARED[directory]
 
     def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None):
+        if self.engine is not None:
+            return self.engine.generate(task, prompts, beam, k, exclude)
         with self.lock:
             gems.set_task(self.model, task)
             return beam_search(self.model, self.tok, self.vocab, self.item_head, prompts, beam, k, exclude)

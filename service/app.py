@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from models.backend import Request as BackendRequest
+from service.agentic import AgentService
 from service.cache import make_cache
 from service.catalog import Catalog
 from service.engine import Engine
@@ -40,6 +41,21 @@ def load_state(app: FastAPI, settings: Settings) -> None:
     if settings.warmup:
         engine.warm_up(warmup_samples(catalog))
     app.state.catalog, app.state.engine = catalog, engine
+    app.state.agent = load_agent(settings)
+
+
+def load_agent(settings: Settings):
+    """The agentic-search service, or None (mode=agentic then answers 503) when it is off or cannot load."""
+    if not settings.agent:
+        return None
+    try:
+        agent = AgentService.load(settings.artifacts_dir, settings.data_dir, settings.agent_lm)
+    except (FileNotFoundError, OSError, ImportError) as e:
+        log.warning("agent_unavailable", error=str(e))
+        return None
+    if settings.warmup:
+        agent.warm_up()
+    return agent
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

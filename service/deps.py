@@ -33,6 +33,11 @@ def get_events(request: Request) -> EventStore:
     return request.app.state.events
 
 
+def get_agent(request: Request):
+    """The agentic-search service, or None when no agent model could be loaded."""
+    return getattr(request.app.state, "agent", None)
+
+
 def user_history(catalog: Catalog, events, user_id: str | None) -> list[str]:
     """A user's items, oldest first: the catalogue's interaction log, then the latest events posted."""
     return catalog.history(user_id) + events.recent(user_id)

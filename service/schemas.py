@@ -90,3 +90,37 @@ ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in 
     (400, "a semantic error, e.g. an unknown backend (the message lists the available ones)"),
     (413, "request body over the configured limit (UNISR_MAX_BODY_BYTES)"),
     (422, "invalid input: the message names the field")]}
+
+
+class AgentStep(BaseModel):
+    kind: str | None = Field(description="think | search | record | answer; null for a step that did not parse")
+    text: str = Field(description="the action's payload, or the model's raw text for a malformed step")
+    doc_id: str | None = Field(None, description="the cited document (record)")
+    retrieved: list[str] = Field(default_factory=list, description="document ids a search returned")
+    error: str | None = Field(None, description="why the step was rejected (parse error, hop limit)")
+    forced: bool = Field(False, description="the answer was forced (hop limit, budget or step limit)")
+    ms: float
+
+
+class EvidenceItem(BaseModel):
+    text: str = Field(description="the evidence the agent recorded")
+    doc_id: str
+    title: str
+    snippet: str = Field(description="the source document's text")
+
+
+class AgenticResponse(BaseModel):
+    mode: Literal["agentic"] = "agentic"
+    answer: str | None = Field(description="null when the budget was too small to run the agent")
+    evidence: list[EvidenceItem]
+    trace: list[AgentStep]
+    results: list[ResultItem] = Field(default_factory=list, description="the documents the agent retrieved, or "
+                                      "the fallback's passages when degraded")
+    hops: int
+    max_hops: int = Field(description="the hops the latency budget afforded")
+    stop_reason: str = Field(description="answer | hop_limit | step_limit | parse_error | budget | degraded")
+    model: str
+    took_ms: float
+    latency_budget_ms: float
+    degraded: bool
+    degraded_reason: str | None = None

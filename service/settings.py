@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(16, ge=1)
     batch_max_wait_ms: float = Field(2.0, ge=0)
 
+    # agentic search (GET /search?mode=agentic): the EXSEARCH agent; UNISR_AGENT_LM: any local HF causal LM
+    agent: bool = True  # load the agent at start-up (a few seconds, ~0.5 GB)
+    agent_lm: str | None = None  # default: the EM-trained agent under <artifacts>/agent, else the base LM
+    agent_latency_budget_ms: int = Field(20_000, ge=1, le=60_000)  # default budget of agentic requests
+
     @property
     def events_log_path(self) -> Path:
         return self.events_log or self.data_dir / "events" / "events.log"

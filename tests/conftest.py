@@ -34,4 +34,5 @@ def artifacts(data_dirs) -> Path:
 def settings(artifacts):
     from service.settings import Settings
 
-    return Settings(artifacts_dir=artifacts, data_dir=ROOT / "data", warmup=True, _env_file=None)
+    # the agent (an LM) loads only in the apps of the agentic tests
+    return Settings(artifacts_dir=artifacts, data_dir=ROOT / "data", warmup=True, agent=False, _env_file=None)

@@ -1,6 +1,7 @@
 """EXSEARCH training: one generalized-EM round on a tiny set with the real 135M LM and BM25."""
 from __future__ import annotations
 
+import copy
 import math
 import random
 from pathlib import Path
@@ -41,10 +42,10 @@ def test_one_em_round_changes_the_weights_and_lowers_the_weighted_loss(em_parts)
     model, tok, retriever, data = em_parts
     random.seed(0), torch.manual_seed(0)
     cfg = EMConfig(samples=2, temperature=0.8, max_hops=1, k=2, max_new_tokens=24, lr=1e-3, epochs=3,
-                   batch_size=4, lora_r=8)
+                   batch_size=4, lora_r=8, lora_layers=4)
     questions = data.split("train")[:2]
-    sampler = SearchAgent(model, tok, retriever, data, AgentConfig(max_hops=1, k=2, max_new_tokens=24,
-                                                                    temperature=0.8))
+    sampler = SearchAgent(copy.deepcopy(model).to(torch.bfloat16), tok, retriever, data,  # as train() samples
+                          AgentConfig(max_hops=1, k=2, max_new_tokens=24, temperature=0.8))
     compact = SearchAgent(model, tok, retriever, data, AgentConfig(few_shot=False)).prompt_prefix
     samples = e_step(sampler, questions, cfg, compact)
     assert len(samples) == 4
@@ -54,7 +55,7 @@ def test_one_em_round_changes_the_weights_and_lowers_the_weighted_loss(em_parts)
         assert best.weight == max(s.weight for s in group)
         assert all(s.logp_answer < 0 for s in group)
     assert all(s.prompt == compact(s.question) and EXAMPLE not in s.prompt for s in samples)  # no example
-    probe = "model.layers.0.self_attn.q_proj.weight"
+    probe = "model.layers.29.self_attn.q_proj.weight"  # a block the M-step adapts
     before_w = dict(model.named_parameters())[probe].detach().clone()
     before = weighted_loss(model, tok, samples, cfg.max_len)
     model = m_step(model, tok, samples, cfg)

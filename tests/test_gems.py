@@ -150,3 +150,79 @@ def test_tiny_training_lowers_both_losses_and_generates_real_items(lm, artifacts
     gems.set_task(model, "search")
     res = beam_search(model, tok, vocab, head, [train["search"][0][0]], beam=8, k=5)
     assert len(res[0]) == 5 and all(i in vocab.row for i, _ in res[0])  # only real items
+
+
+# ---------------------------------------------------------------- the pipeline and the served backend
+@pytest.fixture(scope="module")
+def tiny_gems_artifacts(artifacts, tmp_path_factory):
+    """A tiny run of the real pipeline (GEMS variant only) into an artifacts dir beside the real baselines."""
+    from training.train_gems import TrainConfig, run
+
+    root = tmp_path_factory.mktemp("art")
+    for task in ("search", "recommend", "retrieve"):
+        (root / task).mkdir()
+        for d in (artifacts / task).iterdir():
+            (root / task / d.name).symlink_to(d)
+    cfg = TrainConfig(examples_per_task=96, epochs=2, batch_size=16, eval_users=24, beam=10, general_texts=48)
+    report = run(root / "gems", root, ROOT / "data", ["gems"], cfg, None, root / "results", {"top_layers": 2})
+    return root, report
+
+
+def test_pipeline_writes_table_plot_and_checkpoint(tiny_gems_artifacts):
+    root, report = tiny_gems_artifacts
+    assert (root / "results" / "gems-table.md").exists() and (root / "results" / "gems-grad-cosine.png").exists()
+    row = report["rows"]["(e) GEMS"]
+    assert {"search", "recommend", "general_ppl"} <= set(row)
+    assert any(k.startswith("(a) sasrec") for k in report["rows"])
+    assert (root / "gems" / "peft" / "search" / "adapter_config.json").exists()
+    assert (root / "search" / "gems" / "meta.json").exists() and (root / "recommend" / "gems" / "meta.json").exists()
+
+
+def test_served_gems_returns_real_items_and_degrades(tiny_gems_artifacts, settings):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    root, _ = tiny_gems_artifacts
+    with TestClient(create_app(settings.model_copy(update={"artifacts_dir": root}))) as client:
+        items = client.app.state.catalog.items
+        r = client.get("/search", params={"q": "animation comedy 1990s", "backend": "gems", "k": 5,
+                                          "latency_budget_ms": 30_000})
+        body = r.json()
+        assert r.status_code == 200 and body["backend"] == "gems" and not body["degraded"], body
+        assert len(body["results"]) == 5 and all(x["id"] in items for x in body["results"])
+        assert body["config"]["beam"] >= 5
+        r = client.get("/recommend", params={"user_id": "1", "backend": "gems", "k": 5, "latency_budget_ms": 30_000})
+        body = r.json()
+        history = set(client.app.state.catalog.history("1"))
+        assert body["backend"] == "gems" and len(body["results"]) == 5
+        assert all(x["id"] in items and x["id"] not in history for x in body["results"])
+        tight = client.get("/search", params={"q": "comedy", "backend": "gems", "latency_budget_ms": 0.5}).json()
+        assert tight["degraded"] and tight["backend"] != "gems" and "gems" in tight["degraded_reason"]
+
+
+def test_vllm_export_scores_items_like_the_cpu_path(tiny_gems_artifacts, tmp_path):
+    """The GPU path's inputs, checked on CPU: the exported base (item head as lm_head rows) + the task's peft
+    adapter give the same item-token distribution as the served transformers path."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from models.gems_backend import GEMSModel
+    from models.gems_vllm import export_vllm_base
+    from models.item_generation import search_prompt
+
+    root, _ = tiny_gems_artifacts
+    served = GEMSModel.shared(root / "gems")
+    base_dir = export_vllm_base(served.model, served.tok, served.vocab, served.item_head, tmp_path / "vllm-base")
+    exported = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    vllm_like = PeftModel.from_pretrained(exported, str(root / "gems" / "peft" / "search")).eval()
+    prompt = search_prompt("animation comedy 1990s")
+    ids = served.tok(prompt, return_tensors="pt", add_special_tokens=False)
+    V, first = served.vocab.vocab, served.vocab.first_token
+    with torch.no_grad():
+        theirs = torch.log_softmax(vllm_like(**ids).logits[0, -1, first:first + V].float(), -1)
+        gems.set_task(served.model, "search")
+        h = served.model.model(**ids).last_hidden_state[0, -1]
+        ours = torch.log_softmax((h @ served.item_head[:V].to(h.dtype).T).float(), -1)
+    assert torch.allclose(ours, theirs, atol=0.05), (ours - theirs).abs().max()  # bf16 vs fp32
+    assert ours.argmax() == theirs.argmax()

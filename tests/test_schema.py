@@ -15,7 +15,7 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 _events_dir = tempfile.mkdtemp(prefix="unisr-schema-")
-app = create_app(Settings(artifacts_dir=ROOT / "artifacts" / "v1", data_dir=ROOT / "data", warmup=False,
+app = create_app(Settings(artifacts_dir=ROOT / "artifacts" / "v1", data_dir=ROOT / "data", warmup=False, agent=False,
                           events_log=Path(_events_dir) / "events.log", admin_token="schema-test-token", _env_file=None))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 

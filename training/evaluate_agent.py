@@ -7,7 +7,7 @@
 
 plus the majority-answer floor. One table on stdout, JSON in --out.
 
-    python -m training.evaluate_agent --split test --limit 100
+    python -m training.evaluate_agent --split test --limit 50
 """
 from __future__ import annotations
 
@@ -104,11 +104,14 @@ def main(argv=None) -> None:
     p.add_argument("--agent", type=Path, default=None, help="EM output directory (default: <artifacts>/agent)")
     p.add_argument("--lm", default=None, help="base LM directory (default: the prepared SmolLM2-135M)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=100, help="first N questions of the split (0: all)")
+    p.add_argument("--limit", type=int, default=50, help="first N questions of the split (0: all)")
     p.add_argument("--max-hops", type=int, default=2)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 decodes fastest on a busy CPU)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     data = load_multihop(a.data)
     questions = data.split(a.split)[: a.limit or None]
     t0 = time.time()

@@ -1,6 +1,6 @@
 """Train the EXSEARCH agent by generalized expectation-maximisation on its own search trajectories.
 
-    python -m training.train_agent --out artifacts/v1/agent --rounds 2 --questions 48 --samples 4
+    python -m training.train_agent --out artifacts/v1/agent --rounds 2 --questions 16 --samples 3
 
 Each round:
 
@@ -47,8 +47,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 @dataclass
 class EMConfig:
     rounds: int = 2
-    questions: int = 48  # training questions per round (a fresh sample each round)
-    samples: int = 4  # trajectories per question (E-step)
+    questions: int = 16  # training questions per round (a fresh sample each round)
+    samples: int = 3  # trajectories per question (E-step)
     temperature: float = 0.8
     max_hops: int = 2
     k: int = 2  # passages per search
@@ -58,8 +58,9 @@ class EMConfig:
     batch_size: int = 4
     lora_r: int = 16
     lora_alpha: int = 32
+    lora_layers: int = 8  # adapt the top N blocks (backward stops there: ~4x cheaper M-step on a CPU)
     max_len: int = 640  # tokens per training sequence (longer ones are cut from the left of the transcript)
-    dev_questions: int = 24
+    dev_questions: int = 16
     seed: int = 0
 
 
@@ -175,8 +176,11 @@ def m_step(model, tok, samples: list[Sample], cfg: EMConfig):
     """LoRA on the current weights, trained on the weighted trajectories, merged back; returns the model."""
     from peft import LoraConfig, get_peft_model
 
+    n = model.config.num_hidden_layers
+    layers = list(range(max(0, n - cfg.lora_layers), n)) if cfg.lora_layers else None
     peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                  target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+                                                  target_modules=LORA_TARGETS, layers_to_transform=layers,
+                                                  task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
     peft_model.train()
     order = list(range(len(samples)))

@@ -53,13 +53,13 @@ VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(var
 
 @dataclass
 class TrainConfig:
-    examples_per_task: int = 3000
+    examples_per_task: int = 2000
     epochs: int = 3
     batch_size: int = 32
     lr: float = 2e-3
     head_lr: float = 2e-3
     history: int = 10  # items in a recommendation prompt
-    eval_users: int = 300
+    eval_users: int = 200
     beam: int = 20
     general_texts: int = 600  # general-domain sentences for the null space (and as many for perplexity)
     seed: int = 0
@@ -360,9 +360,12 @@ def main(argv=None) -> None:
     p.add_argument("--top-layers", type=int, default=4)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--null-energy", type=float, default=0.9)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     for f in TrainConfig.__dataclass_fields__.values():
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__})
     run(a.out, a.artifacts, a.data, a.variants.split(","), cfg, a.lm, a.results,
         {"top_layers": a.top_layers, "rank": a.rank, "null_energy": a.null_energy})

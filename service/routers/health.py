@@ -30,7 +30,9 @@ async def readyz(request: Request):
         degraded.append("events: Redis unreachable, new events go to the local log")
     detail = {"backends": {t: engine.available(t) for t in engine.backends}, "cache": state.cache.kind,
               "cache_ok": cache_ok, "events": events, "artifacts": str(engine.settings.artifacts_dir),
-              "degraded": degraded}
+              "degraded": degraded, "agent": getattr(state, "agent", None) and {
+                  "model": state.agent.model_name, "trained": state.agent.trained,
+                  "step_ms": round(state.agent.step_ms, 1), "max_hops": state.agent.max_hops}}
     return Health(status="degraded" if degraded else "ready", detail=detail)
 
 

@@ -1,28 +1,88 @@
-"""GET /search: rank the catalogue's items for a query (optionally for a known user)."""
+"""GET /search: rank the catalogue's items for a query (optionally for a known user), or, with mode=agentic,
+answer a multi-hop question with the EXSEARCH agent (mode=auto sends questions to the agent; stream=true
+emits the agent's steps as server-sent events)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+import asyncio
+import json
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import StreamingResponse
 
 from models.backend import Request
-from service.deps import get_cache, get_catalog, get_engine, get_events, get_settings, user_history
+from service import agentic, metrics
+from service.deps import get_agent, get_cache, get_catalog, get_engine, get_events, get_settings, user_history
 from service.ranked import MAX_QUERY_CHARS, clean_query, ranked
-from service.schemas import RankedResponse
+from service.schemas import AgenticResponse, RankedResponse
 
 router = APIRouter(tags=["search"])
 
 
-@router.get("/search", response_model=RankedResponse)
+@router.get("/search", response_model=RankedResponse | AgenticResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "ranked items, an agent's answer, or (stream=true) its steps as SSE"},
+                       503: {"description": "mode=agentic but no agent model is loaded"}})
 async def search(
     q: str = Query(..., description="the query text (not blank)", min_length=1, max_length=MAX_QUERY_CHARS),
     user_id: str | None = Query(None, max_length=128),
     k: int = Query(10, ge=1, le=100),
     latency_budget_ms: float | None = Query(None, gt=0, le=60_000),
-    backend: str | None = Query(None, description="bm25 | dense (default from settings)"),
+    backend: str | None = Query(None, description="bm25 | dense (default from settings); ranked mode"),
+    mode: Literal["ranked", "agentic", "auto"] = Query(
+        "ranked", description="ranked: catalogue items; agentic: the EXSEARCH agent answers the question; "
+                              "auto: agentic when q is a question"),
+    stream: bool = Query(False, description="agentic: server-sent events, one per step, then the answer"),
     engine=Depends(get_engine), catalog=Depends(get_catalog), cache=Depends(get_cache),
-    settings=Depends(get_settings), events=Depends(get_events),
-) -> RankedResponse:
+    settings=Depends(get_settings), events=Depends(get_events), agent=Depends(get_agent),
+):
     q = clean_query(q, settings)
+    if mode == "agentic" or (mode == "auto" and agentic.looks_like_question(q)):
+        return await agentic_search(q, latency_budget_ms, stream, agent, catalog, settings)
+    if stream:
+        raise HTTPException(422, "stream=true goes with mode=agentic (ranked results are not streamed)")
     request = Request("search", query=q, user_id=user_id, history=user_history(catalog, events, user_id),
                       k=k)
     return await ranked("search", request, backend, latency_budget_ms, engine=engine, catalog=catalog, cache=cache,
                         settings=settings, cache_params={"q": q, "user_id": user_id, "k": k})
+
+
+async def agentic_search(q: str, budget_ms: float | None, stream: bool, agent, catalog, settings):
+    if agent is None:
+        raise HTTPException(503, "agentic search is not available: no agent model is loaded (run `make agent`, or "
+                                 "prepare the base LM with `python -m models.causal_lm prepare`)")
+    budget = float(budget_ms or settings.agent_latency_budget_ms)
+    start = time.monotonic()
+    entries = catalog.entries("retrieve")
+    if not stream:
+        body = await asyncio.to_thread(agentic.response, agent, q, budget, start, entries)
+        metrics.REQUESTS.labels("search-agentic", body["model"], "degraded" if body["degraded"] else "ok").inc()
+        return AgenticResponse(**body)
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def on_step(step):
+        loop.call_soon_threadsafe(queue.put_nowait, ("step", agentic.step_view(step)))
+
+    async def run():
+        try:
+            body = await asyncio.to_thread(agentic.response, agent, q, budget, start, entries, on_step)
+            await queue.put(("answer", AgenticResponse(**body).model_dump()))
+        except Exception as e:  # the stream is already open: report the failure as an event
+            await queue.put(("error", {"detail": f"agent failed: {type(e).__name__}"}))
+
+    async def events():
+        task = asyncio.create_task(run())
+        try:
+            while True:
+                kind, data = await queue.get()
+                yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+                if kind in ("answer", "error"):
+                    break
+        finally:
+            await task
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,135 @@
+"""Agentic search behind the gateway: the EXSEARCH loop (models.agent) as a service.
+
+Which model: the EM-trained agent at <artifacts>/agent (meta.json names the round checkpoint; it runs without
+the worked example), else the base LM (UNISR_LM or the prepared SmolLM2) with the few-shot prompt, reported as
+"untrained". The search tool is the BM25 retriever over the multi-hop corpus (<artifacts>/retrieve/bm25).
+
+Budget: one model step (a generated action) costs `step_ms`, measured at warm-up and then tracked as a moving
+average. A hop is a Search and a Record (two steps); the answer is one. `plan` gives the hops a budget affords:
+hops = min(max_hops, floor((budget - step_ms) / (2 step_ms))); the loop also stops searching when the budget's
+time (less one answer step) is spent. A budget below one step cannot answer: the gateway returns BM25 passages
+for the question, degraded, and says so. One generation runs at a time (the LM uses every core).
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from models.agent import AgentConfig, SearchAgent, Trace
+from models.backend import Request, read_meta
+
+log = structlog.get_logger("unisr.agentic")
+
+_QUESTION = re.compile(r"^\s*(is|are|was|were|do|does|did|can|could|would|will|should|has|have|had|who|what|when|"
+                       r"where|which|why|how)\b", re.I)
+
+
+def looks_like_question(q: str) -> bool:
+    """The gateway rule for mode=auto: a question (ends with '?' or starts like one) goes to the agent."""
+    return q.strip().endswith("?") or bool(_QUESTION.match(q))
+
+
+@dataclass
+class Plan:
+    hops: int
+    stop_at: float | None  # time.monotonic() after which the loop stops searching and answers
+
+
+class AgentService:
+    def __init__(self, agent: SearchAgent, retriever, model_name: str, trained: bool, step_ms: float = 1500.0):
+        self.agent, self.retriever, self.model_name, self.trained = agent, retriever, model_name, trained
+        self.step_ms = step_ms
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, artifacts: Path, data_dir: Path, lm_path: str | None = None) -> AgentService:
+        import torch
+
+        from indexing.data import load_multihop
+        from models.causal_lm import load_causal_lm
+        from models.registry import load_backend
+
+        retriever = load_backend(artifacts, "retrieve", "bm25")
+        passages = load_multihop(data_dir / "strategyqa")
+        agent_dir = artifacts / "agent"
+        if lm_path is None and (agent_dir / "meta.json").exists():
+            meta = read_meta(agent_dir)
+            model, tok = load_causal_lm(agent_dir / meta["model"], dtype=torch.bfloat16)
+            config = AgentConfig(max_hops=meta.get("max_hops", 3), k=meta.get("k", 3), few_shot=False)
+            name, trained = f"{agent_dir.name}/{meta['model']} (EM-trained)", True
+        else:
+            model, tok = load_causal_lm(lm_path, dtype=torch.bfloat16)
+            config = AgentConfig(few_shot=True)
+            name, trained = f"{Path(lm_path).name if lm_path else 'smollm2-135m-instruct'} (untrained, few-shot)", False
+        return cls(SearchAgent(model, tok, retriever, passages, config), retriever, name, trained)
+
+    @property
+    def max_hops(self) -> int:
+        return self.agent.config.max_hops
+
+    def warm_up(self) -> float:
+        trace = self.run("Is water wet?", Plan(hops=1, stop_at=None))
+        steps = max(1, sum(1 for s in trace.steps if s.gen_ms > 0))
+        self.step_ms = sum(s.gen_ms + s.retrieve_ms for s in trace.steps) / steps
+        log.info("agent_warm_up", step_ms=round(self.step_ms, 1), model=self.model_name)
+        return self.step_ms
+
+    def plan(self, budget_ms: float, start: float) -> Plan | None:
+        """None when the budget cannot pay for even the answer step."""
+        if budget_ms < self.step_ms:
+            return None
+        hops = min(self.max_hops, int((budget_ms - self.step_ms) // (2 * self.step_ms)))
+        return Plan(hops, start + (budget_ms - self.step_ms) / 1000.0)
+
+    def run(self, question: str, plan: Plan, on_step=None) -> Trace:
+        with self._lock:
+            trace = self.agent.run(question, max_hops=plan.hops, on_step=on_step, stop_at=plan.stop_at)
+        steps = [s for s in trace.steps if s.gen_ms > 0]
+        if steps:  # keep the cost model current: a moving average of the time per step
+            self.step_ms = 0.8 * self.step_ms + 0.2 * sum(s.gen_ms + s.retrieve_ms for s in steps) / len(steps)
+        return trace
+
+    def passages(self, question: str, k: int) -> list[str]:
+        return [h.id for h in self.retriever.answer([Request("retrieve", query=question, k=k)])[0].hits]
+
+    def passage_text(self, doc_id: str) -> str:
+        return self.agent._passage(doc_id)
+
+
+# ------------------------------------------------------------------ responses (JSON and server-sent events)
+def step_view(step) -> dict:
+    a = step.action
+    return {"kind": a.kind if a else None, "text": a.text if a else step.raw.strip(), "doc_id": a.doc_id if a else None,
+            "retrieved": list(step.retrieved), "error": step.error, "forced": step.forced,
+            "ms": round(step.gen_ms + step.retrieve_ms, 2)}
+
+
+def _result(catalog_entries: dict, doc_id: str, score: float) -> dict:
+    e = catalog_entries.get(doc_id)
+    return {"id": doc_id, "title": e.title if e else doc_id, "snippet": e.snippet if e else "", "score": score}
+
+
+def response(service: AgentService, question: str, budget_ms: float, start: float, entries: dict,
+             on_step=None) -> dict:
+    """Run the agent for one question within the budget; the AgenticResponse as a dict."""
+    plan = service.plan(budget_ms, start)
+    if plan is None:
+        ids = service.passages(question, service.agent.config.k)
+        return {"answer": None, "evidence": [], "trace": [], "hops": 0, "max_hops": 0, "stop_reason": "degraded",
+                "results": [_result(entries, d, 0.0) for d in ids], "model": "bm25",
+                "took_ms": (time.monotonic() - start) * 1000, "latency_budget_ms": budget_ms, "degraded": True,
+                "degraded_reason": f"the agent needs ~{service.step_ms:.0f} ms for even one step (the answer), over "
+                                   f"the {budget_ms:g} ms budget; returned BM25 passages without an answer"}
+    trace = service.run(question, plan, on_step=on_step)
+    evidence = [{"text": e.text, "doc_id": e.doc_id, **{k: v for k, v in _result(entries, e.doc_id, 0.0).items()
+                                                      if k in ("title", "snippet")}} for e in trace.evidence]
+    return {"answer": trace.answer, "evidence": evidence, "trace": [step_view(s) for s in trace.steps],
+            "results": [_result(entries, d, 0.0) for d in trace.retrieved_ids], "hops": trace.hops,
+            "max_hops": plan.hops, "stop_reason": trace.stop_reason, "model": service.model_name,
+            "took_ms": (time.monotonic() - start) * 1000, "latency_budget_ms": budget_ms, "degraded": False,
+            "degraded_reason": None}
