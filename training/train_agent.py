@@ -40,6 +40,7 @@ from models.agent import AgentConfig, SearchAgent
 from models.backend import write_meta
 from models.causal_lm import load_causal_lm
 from models.registry import load_backend
+from training.cli import add_config_args, config_from_args
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -209,7 +210,7 @@ def exact_match(agent: SearchAgent, questions: list[dict], max_hops: int) -> flo
 
 # ------------------------------------------------------------------ the loop
 def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
-          artifacts: Path = Path("artifacts/v1"), lm: str | None = None, threads: int | None = None) -> list[RoundLog]:
+          artifacts: Path = Path("artifacts/v1"), lm: str | None = None) -> list[RoundLog]:
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     data = load_multihop(data_dir)
     retriever = load_backend(artifacts, "retrieve", "bm25")
@@ -260,14 +261,9 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=Path("data/strategyqa"))
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
     p.add_argument("--lm", default=None, help="local HF causal-LM directory (default: the prepared SmolLM2-135M)")
-    p.add_argument("--threads", type=int, default=None)
-    for f in EMConfig.__dataclass_fields__.values():
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_args(p, EMConfig)
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    cfg = EMConfig(**{k: getattr(a, k) for k in EMConfig.__dataclass_fields__})
-    train(a.out, cfg, a.data, a.artifacts, a.lm)
+    train(a.out, config_from_args(EMConfig, a), a.data, a.artifacts, a.lm)
 
 
 if __name__ == "__main__":

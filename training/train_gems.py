@@ -45,6 +45,7 @@ from models.backend import Request, write_meta
 from models.causal_lm import load_causal_lm, perplexity
 from models.item_generation import ItemVocab, add_item_tokens, beam_search, recommend_prompt, search_prompt
 from models.registry import load_backend
+from training.cli import add_config_args, config_from_args
 
 TASKS = ("search", "recommend")
 VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(variant="single", null_space=False),
@@ -360,14 +361,9 @@ def main(argv=None) -> None:
     p.add_argument("--top-layers", type=int, default=4)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--null-energy", type=float, default=0.9)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    for f in TrainConfig.__dataclass_fields__.values():
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_args(p, TrainConfig)
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__})
-    run(a.out, a.artifacts, a.data, a.variants.split(","), cfg, a.lm, a.results,
+    run(a.out, a.artifacts, a.data, a.variants.split(","), config_from_args(TrainConfig, a), a.lm, a.results,
         {"top_layers": a.top_layers, "rank": a.rank, "null_energy": a.null_energy})
 
 
