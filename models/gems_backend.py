@@ -30,7 +30,7 @@ _LOCK = threading.Lock()
 class GEMSModel:
     """The loaded LM + adapters + item vocabulary, shared by the search and recommend backends."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, dtype: torch.dtype = torch.bfloat16):
         from models.causal_lm import load_causal_lm
 
         meta = read_meta(directory)
@@ -46,7 +46,7 @@ class GEMSModel:
         self.item_head = extra["item_head"]
         self.vocab = ItemVocab(ids, first)
         self.history = int(meta.get("history", 10))
-        self.model = self.model.to(torch.bfloat16).eval()
+        self.model = self.model.to(dtype).eval()
         self.lock = threading.Lock()  # one generation at a time: the model uses every core
         self.engine = None
         if os.environ.get("UNISR_GEMS_ENGINE", "transformers") == "vllm":
