@@ -141,13 +141,13 @@ def answer_logprobs(model, tok, contexts: list[str], answers: list[str], batch_s
 def weighted_loss(model, tok, samples: list[Sample], max_len: int, batch_size: int = 4,
                   grad: bool = False) -> float:
     """The M-step objective: sum_i w_i NLL_i / sum_i w_i n_i (weighted NLL per target token)."""
+    encoded = [encode_sample(tok, s, max_len) for s in samples]
+    norm = sum(s.weight * sum(target) for s, (_, target) in zip(samples, encoded)) or 1.0
     total = 0.0
-    norm = sum(s.weight * sum(encode_sample(tok, s, max_len)[1]) for s in samples) or 1.0
     for b in range(0, len(samples), batch_size):
-        chunk = samples[b:b + batch_size]
         with torch.set_grad_enabled(grad):
-            nll, _ = token_nll(model, [encode_sample(tok, s, max_len) for s in chunk])
-            loss = (torch.tensor([s.weight for s in chunk]) * nll).sum() / norm
+            nll, _ = token_nll(model, encoded[b:b + batch_size])
+            loss = (torch.tensor([s.weight for s in samples[b:b + batch_size]]) * nll).sum() / norm
             if grad:
                 loss.backward()
         total += loss.item()
