@@ -119,7 +119,7 @@ def test_gradient_split_routes_conflicts_to_task_subspaces(lm):
     assert flat["shared"] @ g > 0 and flat["shared"] @ g_rec > 0
 
 
-def test_tiny_training_lowers_both_losses_and_generates_real_items(lm, artifacts):
+def test_tiny_training_lowers_both_losses_and_generates_real_items(lm, artifacts, tmp_path):
     from indexing.data import load_recsys
     from models.item_generation import add_item_tokens, beam_search
     from training.train_gems import Encoded, TrainConfig, examples, item_ids, top_loss, train_variant
@@ -139,8 +139,16 @@ def test_tiny_training_lowers_both_losses_and_generates_real_items(lm, artifacts
     idx = list(range(32))
     before = {t: top_loss(probe, enc[t], idx, n_lower, head0, vocab).item() for t in enc}
     random.seed(0), torch.manual_seed(0)
+    valid = examples(data, vocab, "valid", 16, 5, 1)
     model, gcfg, head, hist, _ = train_variant("gems", base, tok, vocab, head0, enc, cfg, GENERAL,
-                                               {"top_layers": 2})
+                                               {"top_layers": 2}, valid, tmp_path / "state")
+    assert len(hist["valid_hr10"]) == 4 and set(hist["valid_hr10"][0]) == {"search", "recommend"}
+    # a rerun resumes from the saved state: nothing left to train, the same adapters and head come back
+    again, _, head2, hist2, _ = train_variant("gems", base, tok, vocab, head0, enc, cfg, GENERAL, {"top_layers": 2},
+                                              None, tmp_path / "state")
+    assert torch.equal(head, head2) and hist2["loss"] == hist["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(gems.adapter_state(model).values(),
+                                                 gems.adapter_state(again).values()))
     after = {}
     for t in enc:
         gems.set_task(model, t)

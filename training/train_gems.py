@@ -61,6 +61,7 @@ class TrainConfig:
     head_lr: float = 2e-3
     history: int = 10  # items in a recommendation prompt
     eval_users: int = 200
+    valid_examples: int = 48  # per task, scored after every epoch (validation HR@10)
     beam: int = 20
     general_texts: int = 600  # general-domain sentences for the null space (and as many for perplexity)
     seed: int = 0
@@ -208,7 +209,10 @@ def general_ppl(model, tok, texts: list[str]) -> dict[str, float]:
 
 # ------------------------------------------------------------------ training one variant
 def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, enc: dict[str, Encoded],
-                  cfg: TrainConfig, general: list[str], gcfg_over: dict | None = None) -> tuple:
+                  cfg: TrainConfig, general: list[str], gcfg_over: dict | None = None, valid: dict | None = None,
+                  state_dir: Path | None = None) -> tuple:
+    """Train one variant; after every epoch its validation HR@10 per task (on `valid`) is logged and, with
+    state_dir, the epoch's state (adapters, item head, optimiser, schedule, history) saved: a rerun resumes."""
     model = copy.deepcopy(base)
     gcfg = gems.GEMSConfig(**{**VARIANTS[name], **(gcfg_over or {})})
     gems.attach(model, gcfg)
@@ -228,11 +232,25 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.head_lr], pct_start=0.1,
                                                 total_steps=cfg.epochs * steps_per_epoch)
-    history = {"cos": [], "loss": {t: [] for t in TASKS}}
+    history = {"cos": [], "loss": {t: [] for t in TASKS}, "valid_hr10": []}
     rng = random.Random(cfg.seed)
-    model.train()
+    start = 0
+    last = state_dir / "last.pt" if state_dir else None
+    if last is not None and last.exists():
+        state = torch.load(last)
+        with torch.no_grad():
+            for key, t in gems.adapter_state(model).items():
+                t.copy_(state["adapters"][key])
+            item_head.copy_(state["head"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        history, start = state["history"], state["epoch"]
+        print(f"{name}: resumed after epoch {start}")
     for epoch in range(cfg.epochs):
-        orders = {t: rng.sample(range(len(enc[t].ids)), n) for t in TASKS}
+        orders = {t: rng.sample(range(len(enc[t].ids)), n) for t in TASKS}  # drawn for skipped epochs too
+        if epoch < start:
+            continue
+        model.train()
         bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}")
         for s in bar:
             grads = {}
@@ -253,6 +271,16 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
             gems.project_updates(model, before)
             bar.set_postfix(search=f"{history['loss']['search'][-1]:.3f}",
                             rec=f"{history['loss']['recommend'][-1]:.3f}", cos=f"{cos:.2f}")
+        model.eval()
+        if valid:
+            hr = {t: m["hr@10"] for t, m in evaluate_llm(model, tok, vocab, item_head.detach(), valid, 10).items()}
+            history["valid_hr10"].append(hr)
+            print(f"{name} epoch {epoch + 1}: valid HR@10 " + ", ".join(f"{t} {v:.3f}" for t, v in hr.items()),
+                  flush=True)
+        if last is not None:
+            last.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"adapters": gems.adapter_state(model), "head": item_head.detach(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "history": history, "epoch": epoch + 1}, last)
     model.eval()
     gems.set_task(model, None)
     return model, gcfg, item_head.detach(), history, ranks
@@ -269,6 +297,7 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
     vocab, head0 = add_item_tokens(base, tok, ids, {i: d.get("title", i) for i, d in data.items.items()})
     train = examples(data, vocab, "train", cfg.examples_per_task, cfg.history, cfg.seed)
     test = examples(data, vocab, "test", cfg.eval_users, cfg.history, cfg.seed + 1)
+    valid = examples(data, vocab, "valid", cfg.valid_examples, cfg.history, cfg.seed + 2)
     null_texts, ppl_texts = general_texts(data_dir, cfg.general_texts)
     n_lower = len(base.model.layers) - gems.GEMSConfig(**(gcfg_over or {})).top_layers
     enc = {t: Encoded(tok, vocab, train[t]) for t in TASKS}
@@ -283,11 +312,13 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
               "gems-nonull": "(d) GEMS, no null space", "gems": "(e) GEMS"}
     for name in variants:
         t1 = time.time()
-        model, gcfg, head, hist, ranks = train_variant(name, base, tok, vocab, head0, enc, cfg, null_texts, gcfg_over)
+        model, gcfg, head, hist, ranks = train_variant(name, base, tok, vocab, head0, enc, cfg, null_texts, gcfg_over,
+                                                       valid, out / "variants" / name)
         metrics = evaluate_llm(model, tok, vocab, head, test, cfg.beam)
         metrics["general_ppl"] = general_ppl(model, tok, ppl_texts)
         metrics["train_s"] = time.time() - t1
         metrics["final_loss"] = {t: float(np.mean(hist["loss"][t][-10:])) for t in TASKS}
+        metrics["valid_hr10_per_epoch"] = hist["valid_hr10"]
         if ranks:
             metrics["protected_rank_mean"] = float(np.mean(list(ranks.values())))
         report["rows"][labels[name]] = metrics
