@@ -95,6 +95,14 @@ class Backend(ABC):
         return self.ms_per_request
 
 
+def group_requests(requests: list[Request], key) -> dict:
+    """Indices of the requests by key(request), e.g. a model backend's steps or beam: one batched call each."""
+    groups: dict = {}
+    for n, r in enumerate(requests):
+        groups.setdefault(key(r), []).append(n)
+    return groups
+
+
 def check_deadline(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise DeadlineExceeded()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from indexing.docids import DocIDs
-from models.backend import Backend, Hit, Request, read_meta
+from models.backend import Backend, Hit, Request, group_requests, read_meta
 from models.docid_decoder import DocIDDecoder
 from models.docid_decoding import beam_decode
 from models.encoder import encode_tokens
@@ -56,10 +56,7 @@ class GenerativeRetrievalBackend(Backend):
 
     def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
         out: list[list[Hit]] = [[] for _ in requests]
-        groups: dict[int, list[int]] = {}
-        for n, r in enumerate(requests):
-            groups.setdefault(self.steps_for(r), []).append(n)
-        for steps, members in groups.items():
+        for steps, members in group_requests(requests, self.steps_for).items():
             beam = max(self.beam, max(requests[n].k for n in members))
             decoded = self.decode([requests[n].query for n in members], steps, beam)
             for n, rows in zip(members, decoded):

@@ -20,7 +20,7 @@ import torch
 
 from indexing.docids import DocIDs
 from models import gems
-from models.backend import Backend, Hit, Request, read_meta
+from models.backend import Backend, Hit, Request, group_requests, read_meta
 from models.item_generation import ItemVocab, beam_search, recommend_prompt, search_prompt
 
 _SHARED: dict[Path, GEMSModel] = {}
@@ -105,10 +105,7 @@ class GEMSBackend(Backend):
 
     def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
         out: list[list[Hit]] = [[] for _ in requests]
-        groups: dict[int, list[int]] = {}
-        for n, r in enumerate(requests):
-            groups.setdefault(self.beam_for(r), []).append(n)
-        for beam, members in groups.items():
+        for beam, members in group_requests(requests, self.beam_for).items():
             reqs = [requests[n] for n in members]
             exclude = [set(r.history) for r in reqs] if self.task == "recommend" else None
             res = self.shared.generate(self.task, [self.prompt(r) for r in reqs], beam, max(r.k for r in reqs),
