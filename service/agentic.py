@@ -94,9 +94,6 @@ class AgentService:
             self.step_ms = 0.8 * self.step_ms + 0.2 * sum(s.gen_ms + s.retrieve_ms for s in steps) / len(steps)
         return trace
 
-    def passages(self, question: str, k: int) -> list[str]:
-        return [h.id for h in self.retriever.answer([Request("retrieve", query=question, k=k)])[0].hits]
-
     def passage_text(self, doc_id: str) -> str:
         return self.agent._passage(doc_id)
 
@@ -114,17 +111,23 @@ def _result(catalog_entries: dict, doc_id: str, score: float) -> dict:
     return {"id": doc_id, "title": e.title if e else doc_id, "snippet": e.snippet if e else "", "score": score}
 
 
+def degraded(hits, entries: dict, budget_ms: float, start: float, reason: str) -> dict:
+    """No answer: the cheapest retriever's passages for the question, and why."""
+    return {"answer": None, "evidence": [], "trace": [], "hops": 0, "max_hops": 0, "stop_reason": "degraded",
+            "results": [_result(entries, h.id, h.score) for h in hits], "model": "none",
+            "took_ms": (time.monotonic() - start) * 1000, "latency_budget_ms": budget_ms, "degraded": True,
+            "degraded_reason": reason}
+
+
 def response(service: AgentService, question: str, budget_ms: float, start: float, entries: dict,
              on_step=None) -> dict:
     """Run the agent for one question within the budget; the AgenticResponse as a dict."""
     plan = service.plan(budget_ms, start)
     if plan is None:
-        ids = service.passages(question, service.agent.config.k)
-        return {"answer": None, "evidence": [], "trace": [], "hops": 0, "max_hops": 0, "stop_reason": "degraded",
-                "results": [_result(entries, d, 0.0) for d in ids], "model": "bm25",
-                "took_ms": (time.monotonic() - start) * 1000, "latency_budget_ms": budget_ms, "degraded": True,
-                "degraded_reason": f"the agent needs ~{service.step_ms:.0f} ms for even one step (the answer), over "
-                                   f"the {budget_ms:g} ms budget; returned BM25 passages without an answer"}
+        hits = service.retriever.answer([Request("retrieve", query=question, k=service.agent.config.k)])[0].hits
+        return degraded(hits, entries, budget_ms, start,
+                        f"the agent needs ~{service.step_ms:.0f} ms for even one step (the answer), over the "
+                        f"{budget_ms:g} ms budget; returned BM25 passages without an answer")
     trace = service.run(question, plan, on_step=on_step)
     evidence = [{"text": e.text, "doc_id": e.doc_id, **{k: v for k, v in _result(entries, e.doc_id, 0.0).items()
                                                       if k in ("title", "snippet")}} for e in trace.evidence]

@@ -17,7 +17,9 @@ def test_health_ready_openapi(client):
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready"
-    assert set(ready["detail"]["backends"]["recommend"]) == {"popularity", "cooc", "sasrec"}
+    # the baselines always; gems too where `make gems` has run
+    assert {"popularity", "cooc", "sasrec"} <= set(ready["detail"]["backends"]["recommend"]) <= {
+        "popularity", "cooc", "sasrec", "gems"}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/search", "/recommend", "/retrieve", "/healthz", "/readyz"} <= set(paths)
 
@@ -225,3 +227,14 @@ def test_engine_falls_back_when_a_batched_request_would_miss(client):
         dense.ms_per_request = saved
     assert body["degraded"] and body["backend"] == "bm25" and body["results"]
     assert "unisr_batch_size_bucket" in client.get("/metrics").text
+
+
+def test_agentic_without_an_agent_degrades_to_passages(client):
+    """This app loads no agent (UNISR_AGENT=false): mode=agentic answers 200 with passages, degraded, and says why."""
+    r = client.get("/search", params={"q": "Would a pear sink in water?", "mode": "agentic"})
+    body = r.json()
+    assert r.status_code == 200 and body["mode"] == "agentic" and body["degraded"] and body["answer"] is None
+    assert body["results"] and "no agent model is loaded" in body["degraded_reason"]
+    with client.stream("GET", "/search", params={"q": "Would a pear sink?", "mode": "agentic", "stream": "true"}) as s:
+        text = s.read().decode()
+    assert s.headers["content-type"].startswith("text/event-stream") and text.startswith("event: answer")

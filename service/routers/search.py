@@ -22,8 +22,7 @@ router = APIRouter(tags=["search"])
 
 @router.get("/search", response_model=RankedResponse | AgenticResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "ranked items, an agent's answer, or (stream=true) its steps as SSE"},
-                       503: {"description": "mode=agentic but no agent model is loaded"}})
+                             "description": "ranked items, an agent's answer, or (stream=true) its steps as SSE"}})
 async def search(
     q: str = Query(..., description="the query text (not blank)", min_length=1, max_length=MAX_QUERY_CHARS),
     user_id: str | None = Query(None, max_length=128),
@@ -39,7 +38,7 @@ async def search(
 ):
     q = clean_query(q, settings)
     if mode == "agentic" or (mode == "auto" and agentic.looks_like_question(q)):
-        return await agentic_search(q, latency_budget_ms, stream, agent, catalog, settings)
+        return await agentic_search(q, latency_budget_ms, stream, agent, catalog, settings, engine)
     if stream:
         raise HTTPException(422, "stream=true goes with mode=agentic (ranked results are not streamed)")
     request = Request("search", query=q, user_id=user_id, history=user_history(catalog, events, user_id),
@@ -48,13 +47,20 @@ async def search(
                         settings=settings, cache_params={"q": q, "user_id": user_id, "k": k})
 
 
-async def agentic_search(q: str, budget_ms: float | None, stream: bool, agent, catalog, settings):
-    if agent is None:
-        raise HTTPException(503, "agentic search is not available: no agent model is loaded (run `make agent`, or "
-                                 "prepare the base LM with `python -m models.causal_lm prepare`)")
+async def agentic_search(q: str, budget_ms: float | None, stream: bool, agent, catalog, settings, engine):
     budget = float(budget_ms or settings.agent_latency_budget_ms)
     start = time.monotonic()
     entries = catalog.entries("retrieve")
+    if agent is None:  # degrade like every backend does: the cheapest retriever's passages, no answer, and why
+        fallback = engine.cheapest("retrieve")
+        answer = await engine.run("retrieve", fallback, Request("retrieve", query=q, k=3), None)
+        body = AgenticResponse(**agentic.degraded(
+            answer.hits, entries, budget, start, f"no agent model is loaded (UNISR_AGENT=false or it failed to "
+            f"load: run `make agent` or `python -m models.causal_lm prepare`); returned {fallback} passages"))
+        if not stream:
+            return body
+        one = f"event: answer\ndata: {json.dumps(body.model_dump())}\n\n"
+        return StreamingResponse(iter([one]), media_type="text/event-stream")
     if not stream:
         body = await asyncio.to_thread(agentic.response, agent, q, budget, start, entries)
         metrics.REQUESTS.labels("search-agentic", body["model"], "degraded" if body["degraded"] else "ok").inc()
