@@ -94,9 +94,6 @@ class AgentService:
             self.step_ms = 0.8 * self.step_ms + 0.2 * sum(s.gen_ms + s.retrieve_ms for s in steps) / len(steps)
         return trace
 
-    def passage_text(self, doc_id: str) -> str:
-        return self.agent._passage(doc_id)
-
 
 # ------------------------------------------------------------------ responses (JSON and server-sent events)
 def step_view(step) -> dict:
