@@ -279,7 +279,7 @@ class SearchAgent:
         max_hops = cfg.max_hops if max_hops is None else max_hops
         t_start = time.perf_counter()
         trace = Trace(question=question)
-        context = trace.prompt = self.prompt_prefix(question)
+        trace.prompt = self.prompt_prefix(question)
         emit = on_step or (lambda step: None)
         retrieved: set[str] = set()
         seed = ""  # after a malformed step, the re-prompt starts the line with a keyword (see _retry_seed)
@@ -296,7 +296,7 @@ class SearchAgent:
             if stop_at is not None and time.monotonic() >= stop_at:
                 trace.stop_reason = "budget"
                 break
-            raw, gen_ms = self._generate(context + seed, cfg.max_new_tokens)
+            raw, gen_ms = self._generate(trace.context + seed, cfg.max_new_tokens)
             raw = seed + raw
             line = next((ln for ln in raw.splitlines() if ln.strip()), "")
             try:
@@ -332,15 +332,12 @@ class SearchAgent:
                 trace.hops += 1
                 results = self._results_block(ids)
                 trace.segments += [(action.render() + "\n", True), (results, False)]
-                context += action.render() + "\n" + results
             elif action.kind == RECORD:
                 if all((e.text, e.doc_id) != (action.text, action.doc_id) for e in trace.evidence):
                     trace.evidence.append(Evidence(action.text, action.doc_id))
                 trace.segments.append((action.render() + "\n", True))
-                context += action.render() + "\n"
             elif action.kind == THINK:
                 trace.segments.append((action.render() + "\n", True))
-                context += action.render() + "\n"
             if action.kind != ANSWER:
                 emit(step)
             elif not answer:
@@ -351,12 +348,12 @@ class SearchAgent:
                 trace.raw_answer = action.text
                 trace.answer = self._normalise(question, action.text)
                 if trace.answer not in ("yes", "no") and self.config.yes_no and is_yes_no_question(question):
-                    trace.answer = self._yes_no_by_score(context + "Answer:")
+                    trace.answer = self._yes_no_by_score(trace.context + "Answer:")
                 trace.stop_reason = "answer"
                 emit(step)
                 break
         if trace.stop_reason != "answer" and answer:
-            text, raw, ms = self._final_answer(question, context + "Answer:")
+            text, raw, ms = self._final_answer(question, trace.context + "Answer:")
             trace.steps.append(Step(Action(ANSWER, text or "(none)"), raw, gen_ms=ms, forced=True))
             trace.answer, trace.raw_answer = text, raw.strip()
             emit(trace.steps[-1])

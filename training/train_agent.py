@@ -158,13 +158,10 @@ def weighted_loss(model, tok, samples: list[Sample], max_len: int, batch_size: i
 def e_step(agent: SearchAgent, questions: list[dict], cfg: EMConfig, compact_prompt) -> list[Sample]:
     samples: list[Sample] = []
     for q in tqdm(questions, desc="E-step (sampling trajectories)"):
-        group = []
-        for _ in range(cfg.samples):
-            tr = agent.run(q["question"], max_hops=cfg.max_hops, answer=False)
-            group.append(Sample(q["question"], compact_prompt(q["question"]), tr.segments, q["answer"], hops=tr.hops))
-        lps = answer_logprobs(agent.lm, agent.tokenizer,
-                              [agent.prompt_prefix(q["question"]) + "".join(t for t, _ in s.segments) for s in group],
-                              [s.answer for s in group])
+        traces = [agent.run(q["question"], max_hops=cfg.max_hops, answer=False) for _ in range(cfg.samples)]
+        group = [Sample(q["question"], compact_prompt(q["question"]), tr.segments, q["answer"], hops=tr.hops)
+                 for tr in traces]
+        lps = answer_logprobs(agent.lm, agent.tokenizer, [tr.context for tr in traces], [s.answer for s in group])
         w = np.exp(np.array(lps) - max(lps))
         w /= w.sum()
         for s, lp, wk in zip(group, lps, w):
