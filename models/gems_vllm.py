@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from models.item_generation import ItemVocab, _groups
+from models.item_generation import ItemVocab
 
 
 def export_vllm_base(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor, directory: Path) -> Path:
@@ -51,9 +51,6 @@ class VLLMItemGenerator:
         self.llm = LLM(model=str(base_dir), enable_lora=True, max_lora_rank=max_lora_rank, enable_prefix_caching=True)
         self.loras = {t: LoRARequest(t, n + 1, str(p)) for n, (t, p) in enumerate(sorted(adapters.items()))}
         self.vocab = vocab
-        self.children = {}
-        for level in range(vocab.length):
-            self.children.update(_groups(vocab.ids.codes, level))
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None):
@@ -69,7 +66,7 @@ class VLLMItemGenerator:
             reqs, params, owners = [], [], []
             for q, live in enumerate(beams):
                 for prefix, score in live:
-                    allowed = self.children[prefix]
+                    allowed = self.vocab.children[prefix]
                     toks = [self.vocab.first_token + level * V + int(c) for c in allowed]
                     prev = [self.vocab.first_token + lv * V + c for lv, c in enumerate(prefix)]
                     reqs.append(TokensPrompt(prompt_token_ids=base_ids[q] + prev))

@@ -50,6 +50,13 @@ class ItemVocab:
         return "".join(token_text(level, int(c)) for level, c in enumerate(self.ids.codes[row]))
 
     @property
+    def children(self) -> dict[tuple[int, ...], np.ndarray]:
+        """The ID trie: prefix of codes -> the codes some item continues it with (built once)."""
+        if not hasattr(self, "_children"):
+            self._children = {p: g for level in range(self.length) for p, g in _groups(self.ids.codes, level).items()}
+        return self._children
+
+    @property
     def row(self) -> dict[str, int]:
         if not hasattr(self, "_row"):
             self._row = {d: n for n, d in enumerate(self.ids.ids)}
@@ -97,11 +104,7 @@ def beam_search(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor, pro
     """Constrained beam search over item IDs for a batch of prompts (left-padded, KV cache). Every level only
     allows codes some item continues the prefix with; returns per prompt up to k (item id, log-prob)."""
     L, V = vocab.length, vocab.vocab
-    codes = vocab.ids.codes
-    children: dict[tuple[int, ...], np.ndarray] = {}
-    for level in range(L):
-        for prefix, group in _groups(codes, level).items():
-            children[prefix] = group
+    children = vocab.children
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     att = enc["attention_mask"]
