@@ -47,14 +47,15 @@ class AgentService:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, artifacts: Path, data_dir: Path, lm_path: str | None = None) -> AgentService:
+    def load(cls, artifacts: Path, data_dir: Path, lm_path: str | None = None, retriever=None) -> AgentService:
+        """retriever: the engine's BM25 backend when it has one (else loaded from artifacts)."""
         import torch
 
         from indexing.data import load_multihop
         from models.causal_lm import load_causal_lm
         from models.registry import load_backend
 
-        retriever = load_backend(artifacts, "retrieve", "bm25")
+        retriever = retriever or load_backend(artifacts, "retrieve", "bm25")
         passages = load_multihop(data_dir / "strategyqa")
         agent_dir = artifacts / "agent"
         if lm_path is None and (agent_dir / "meta.json").exists():

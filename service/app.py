@@ -41,15 +41,15 @@ def load_state(app: FastAPI, settings: Settings) -> None:
     if settings.warmup:
         engine.warm_up(warmup_samples(catalog))
     app.state.catalog, app.state.engine = catalog, engine
-    app.state.agent = load_agent(settings)
+    app.state.agent = load_agent(settings, engine.backends["retrieve"].get("bm25"))
 
 
-def load_agent(settings: Settings):
+def load_agent(settings: Settings, retriever=None):
     """The agentic-search service, or None (mode=agentic then answers 503) when it is off or cannot load."""
     if not settings.agent:
         return None
     try:
-        agent = AgentService.load(settings.artifacts_dir, settings.data_dir, settings.agent_lm)
+        agent = AgentService.load(settings.artifacts_dir, settings.data_dir, settings.agent_lm, retriever)
     except (FileNotFoundError, OSError, ImportError) as e:
         log.warning("agent_unavailable", error=str(e))
         return None
