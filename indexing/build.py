@@ -16,23 +16,26 @@ from pathlib import Path
 
 from indexing.data import load_recsys, load_retrieval
 from indexing.data.common import read_manifest
-from models.cooccurrence import CooccurrenceBackend
-from models.dense import DenseBackend
-from models.lexical import BM25Backend
-from models.popularity import PopularityBackend
-from models.registry import artifact_dir
+from models.artifacts import artifact_dir
+from models.baselines.bm25 import BM25Backend
+from models.baselines.cooccurrence import CooccurrenceBackend
+from models.baselines.dense import DenseBackend
+from models.baselines.popularity import PopularityBackend
+from models.settings import runtime_settings
 
 
-def build_all(artifacts: Path, recsys_dir: Path, retrieval_dir: Path, force: bool = False) -> list[str]:
+def build_all(artifacts: Path, recsys_dir: Path, retrieval_dir: Path, force: bool = False,
+              encoder: str | None = None) -> list[str]:
+    """encoder: a local sentence-transformers path for the dense indexes (None: the packaged MiniLM)."""
     rec = load_recsys(recsys_dir)
     ret = load_retrieval(retrieval_dir)
     items = {i: d["text"] for i, d in rec.items.items()}
     docs = {i: ret.doc_text(i) for i in ret.corpus}
     jobs = [
         ("search", "bm25", lambda d: BM25Backend.build(items, d)),
-        ("search", "dense", lambda d: DenseBackend.build(items, d)),
+        ("search", "dense", lambda d: DenseBackend.build(items, d, encoder)),
         ("retrieve", "bm25", lambda d: BM25Backend.build(docs, d)),
-        ("retrieve", "dense", lambda d: DenseBackend.build(docs, d)),
+        ("retrieve", "dense", lambda d: DenseBackend.build(docs, d, encoder)),
         ("recommend", "popularity", lambda d: PopularityBackend.build(rec.train_sequences(), d)),
         ("recommend", "cooc", lambda d: CooccurrenceBackend.build(rec.train_sequences(), d)),
     ]
@@ -61,7 +64,7 @@ def main(argv=None) -> None:
     p.add_argument("--retrieval", type=Path, default=Path("data/strategyqa-facts"))
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
-    built = build_all(a.artifacts, a.recsys, a.retrieval, a.force)
+    built = build_all(a.artifacts, a.recsys, a.retrieval, a.force, runtime_settings().encoder)
     print("built: " + (", ".join(built) or "nothing (all present)"))
 
 

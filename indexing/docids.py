@@ -13,45 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from models.backend import read_meta, write_meta
-
-
-@dataclass
-class DocIDs:
-    codes: np.ndarray  # (N, L) int64, column L-1 is the disambiguation token
-    ids: list[str]  # document id of each row
-    vocab: int  # tokens per position (max over positions)
-
-    @property
-    def length(self) -> int:
-        return int(self.codes.shape[1])
-
-    def lookup(self) -> dict[tuple[int, ...], str]:
-        return {tuple(int(c) for c in row): d for row, d in zip(self.codes, self.ids)}
-
-    def consistent(self, fixed: dict[int, int]) -> np.ndarray:
-        """Boolean mask of the documents whose ID agrees with every fixed (position -> token)."""
-        mask = np.ones(len(self.ids), dtype=bool)
-        for p, t in fixed.items():
-            mask &= self.codes[:, p] == t
-        return mask
-
-    def save(self, directory: Path, **meta) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "codes.npy", self.codes)
-        (directory / "ids.json").write_text(json.dumps(self.ids))
-        write_meta(directory, kind="docids", docs=len(self.ids), length=self.length, vocab=self.vocab, **meta)
-
-    @classmethod
-    def load(cls, directory: Path) -> DocIDs:
-        return cls(np.load(directory / "codes.npy"), json.loads((directory / "ids.json").read_text()),
-                   int(read_meta(directory)["vocab"]))
+from models.docids import DocIDs
 
 
 def residual_kmeans(vectors: np.ndarray, levels: int = 3, codes: int = 32, seed: int = 0,

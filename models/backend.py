@@ -6,7 +6,6 @@ them in a worker thread.
 """
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -106,13 +105,3 @@ def group_requests(requests: list[Request], key) -> dict:
 def check_deadline(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise DeadlineExceeded()
-
-
-def write_meta(directory: Path, **meta) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "meta.json").write_text(json.dumps({**meta, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                                    indent=2) + "\n")
-
-
-def read_meta(directory: Path) -> dict:
-    return json.loads((Path(directory) / "meta.json").read_text())

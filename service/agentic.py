@@ -1,4 +1,4 @@
-"""Agentic search behind the gateway: the EXSEARCH loop (models.agent) as a service.
+"""Agentic search behind the gateway: the EXSEARCH loop (models.exsearch.loop) as a service.
 
 Which model: the EM-trained agent at <artifacts>/agent (meta.json names the round checkpoint; it runs without
 the worked example), else the base LM (UNISR_LM or the prepared SmolLM2) with the few-shot prompt, reported as
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import structlog
 
-from models.agent import AgentConfig, SearchAgent, Trace
-from models.backend import Request, read_meta
+from models.artifacts import read_meta
+from models.backend import Request
+from models.exsearch.loop import AgentConfig, SearchAgent, Trace
 
 log = structlog.get_logger("unisr.agentic")
 

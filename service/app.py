@@ -13,33 +13,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from models.backend import Request as BackendRequest
 from service.agentic import AgentService
-from service.cache import make_cache
-from service.catalog import Catalog
 from service.engine import Engine
-from service.events import EventStore
-from service.limits import BodyLimitMiddleware
 from service.logs import configure_logging
+from service.middleware import BodyLimitMiddleware
 from service.routers import admin, events, health, recommend, retrieve, search
 from service.schemas import ERRORS
 from service.settings import Settings
+from service.stores.cache import make_cache
+from service.stores.catalog import Catalog
+from service.stores.events import EventStore
 
 log = structlog.get_logger("unisr.app")
 
 
-def warmup_samples(catalog: Catalog) -> dict[str, BackendRequest]:
-    user, history = next(((u, h) for u, h in catalog.histories.items() if len(h) >= 5), (None, []))
-    return {"search": BackendRequest("search", query="animation comedy 1990s", k=10),
-            "recommend": BackendRequest("recommend", user_id=user, history=history, k=10),
-            "retrieve": BackendRequest("retrieve", query="what is the boiling point of water", k=10)}
-
-
 def load_state(app: FastAPI, settings: Settings) -> None:
     catalog = Catalog.load(settings.data_dir / "ml100k", settings.data_dir / "strategyqa-facts")
-    engine = Engine.load(settings)
-    if settings.warmup:
-        engine.warm_up(warmup_samples(catalog))
+    engine = Engine.start(settings, catalog)
     app.state.catalog, app.state.engine = catalog, engine
     app.state.agent = load_agent(settings, engine.backends["retrieve"].get("bm25"))
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from service.cache import LRUCache, RedisCache
-from service.catalog import Catalog
 from service.engine import Engine
-from service.events import EventStore
 from service.settings import Settings
+from service.stores.cache import LRUCache, RedisCache
+from service.stores.catalog import Catalog
+from service.stores.events import EventStore
 
 
 def get_engine(request: Request) -> Engine:

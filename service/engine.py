@@ -16,8 +16,17 @@ from models.registry import backends_for, load_backend
 from service import metrics
 from service.batcher import Batcher, WouldMissDeadline
 from service.settings import Settings
+from service.stores.catalog import Catalog
 
 log = structlog.get_logger("unisr.engine")
+
+
+def warmup_samples(catalog: Catalog) -> dict[str, Request]:
+    """One representative request per task (a user with some history for recommend)."""
+    user, history = next(((u, h) for u, h in catalog.histories.items() if len(h) >= 5), (None, []))
+    return {"search": Request("search", query="animation comedy 1990s", k=10),
+            "recommend": Request("recommend", user_id=user, history=history, k=10),
+            "retrieve": Request("retrieve", query="what is the boiling point of water", k=10)}
 
 
 class UnknownBackend(ValueError):
@@ -48,12 +57,21 @@ class Engine:
         for task in TASKS:
             for name in backends_for(task):
                 try:
-                    backends[task][name] = load_backend(settings.artifacts_dir, task, name)
+                    backends[task][name] = load_backend(settings.artifacts_dir, task, name,
+                                                          **settings.backend_options.get(name, {}))
                 except FileNotFoundError as e:
                     log.warning("backend_missing", task=task, backend=name, error=str(e))
             if not backends[task]:
                 raise RuntimeError(f"no backend for {task} under {settings.artifacts_dir}; run `make artifacts`")
         return cls(settings, backends)
+
+    @classmethod
+    def start(cls, settings: Settings, catalog: Catalog) -> Engine:
+        """Load every backend and, unless settings.warmup is off, measure each one's cost (start-up and reload)."""
+        engine = cls.load(settings)
+        if settings.warmup:
+            engine.warm_up(warmup_samples(catalog))
+        return engine
 
     def warm_up(self, samples: dict[str, Request]) -> dict[str, dict[str, float]]:
         """Measure each backend once per task on a representative request (its cost estimate)."""

@@ -1,20 +1,16 @@
 """Gateway settings: environment variables (UNISR_*), an optional env file (UNISR_ENV_FILE, default
-unisr.env), defaults below."""
+unisr.env), defaults below. Paths and model choices shared with the offline pipelines come from
+models.settings.RuntimeSettings, which this extends: one settings object, the only reader of UNISR_*."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.settings import RuntimeSettings
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UNISR_", env_file=os.environ.get("UNISR_ENV_FILE", "unisr.env"),
-                                      extra="ignore")
-
-    artifacts_dir: Path = Path("artifacts/v1")
-    data_dir: Path = Path("data")
+class Settings(RuntimeSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     default_latency_budget_ms: int = Field(500, ge=1, le=60_000)
@@ -49,6 +45,11 @@ class Settings(BaseSettings):
     agent: bool = True  # load the agent at start-up (a few seconds, ~0.5 GB)
     agent_lm: str | None = None  # default: the EM-trained agent under <artifacts>/agent, else the base LM
     agent_latency_budget_ms: int = Field(20_000, ge=1, le=60_000)  # default budget of agentic requests
+
+    @property
+    def backend_options(self) -> dict[str, dict]:
+        """What each backend's `load` is handed from the settings (backends never read the environment)."""
+        return {"gems": {"engine": self.gems_engine}}
 
     @property
     def events_log_path(self) -> Path:

@@ -14,7 +14,7 @@ os.environ.setdefault("UNISR_LOG_LEVEL", "WARNING")
 @pytest.fixture(scope="session")
 def data_dirs() -> dict[str, Path]:
     from indexing.prepare import prepare_all
-    from training.evaluate import default_data_dirs
+    from training.eval.ranking import default_data_dirs
 
     prepare_all()
     return default_data_dirs(ROOT / "data")

@@ -6,7 +6,7 @@
 Data: MovieLens-100K (the foundation's data). Recommendation examples: a user's last items (as semantic-ID
 tokens) -> the next item; search examples: the category query that leads to an item -> that item. Items are
 semantic IDs (residual k-means codes of their MiniLM embeddings, 2 levels x 32 + disambiguation) added to
-the vocabulary (models.item_generation). The held-out test split is the foundation's (last item per user,
+the vocabulary (models.gems.item_ids). The held-out test split is the foundation's (last item per user,
 its query for search); `--eval-users` of them are scored.
 
 Only the top `top_layers` blocks are adapted, so the frozen lower blocks' outputs are computed once per
@@ -39,13 +39,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from indexing.data import load_recsys, load_retrieval
-from indexing.docids import DocIDs, build_docids
-from models import gems
-from models.backend import Request, write_meta
+from indexing.docids import build_docids
+from models.artifacts import write_meta
+from models.backend import Request
 from models.causal_lm import load_causal_lm, perplexity
-from models.item_generation import ItemVocab, add_item_tokens, beam_search, recommend_prompt, search_prompt
+from models.docids import DocIDs
+from models.gems import subspaces as gems
+from models.gems.item_ids import ItemVocab, add_item_tokens, beam_search, recommend_prompt, search_prompt
 from models.registry import load_backend
-from training.cli import add_config_args, config_from_args
+from training.common import add_config_args, config_from_args
 
 TASKS = ("search", "recommend")
 VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(variant="single", null_space=False),

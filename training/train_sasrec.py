@@ -17,8 +17,9 @@ import torch
 from tqdm import tqdm
 
 from indexing.data.recsys import load_recsys
-from models.backend import Request, write_meta
-from models.sasrec import SASRec, SASRecBackend, SASRecConfig, pad_left
+from models.artifacts import write_meta
+from models.backend import Request
+from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left
 
 
 def hit_rate(backend: SASRecBackend, examples, k: int = 10) -> float:

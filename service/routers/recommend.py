@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from models.backend import Request
 from service.deps import get_cache, get_catalog, get_engine, get_events, get_settings, user_history
 from service.engine import UnknownBackend
-from service.ranked import ranked
+from service.pipeline import ranked
 from service.schemas import RankedResponse, RecommendBody
 
 router = APIRouter(tags=["recommend"])

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, Query
 
 from models.backend import Request
 from service.deps import get_cache, get_catalog, get_engine, get_settings
-from service.ranked import MAX_QUERY_CHARS, clean_query, ranked
+from service.pipeline import MAX_QUERY_CHARS, clean_query, ranked
 from service.schemas import RankedResponse
 
 router = APIRouter(tags=["retrieve"])

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from models.backend import Request
 from service import agentic, metrics
 from service.deps import get_agent, get_cache, get_catalog, get_engine, get_events, get_settings, user_history
-from service.ranked import MAX_QUERY_CHARS, clean_query, ranked
+from service.pipeline import MAX_QUERY_CHARS, clean_query, ranked
 from service.schemas import AgenticResponse, RankedResponse
 
 router = APIRouter(tags=["search"])
@@ -56,7 +56,7 @@ async def agentic_search(q: str, budget_ms: float | None, stream: bool, agent, c
         answer = await engine.run("retrieve", fallback, Request("retrieve", query=q, k=3), None)
         body = AgenticResponse(**agentic.degraded(
             answer.hits, entries, budget, start, f"no agent model is loaded (UNISR_AGENT=false or it failed to "
-            f"load: run `make agent` or `python -m models.causal_lm prepare`); returned {fallback} passages"))
+            f"load: run `make agent` or `python -m indexing.lm prepare`); returned {fallback} passages"))
         if not stream:
             return body
         one = f"event: answer\ndata: {json.dumps(body.model_dump())}\n\n"

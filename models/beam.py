@@ -1,0 +1,81 @@
+"""Constrained beam decoding of DocIDs, for the diffusion decoder and the autoregressive baseline.
+
+Both share one loop. A hypothesis is a partial DocID (some positions fixed, the rest masked) with a
+cumulative log-probability. At each of T steps the model scores every position of every hypothesis in
+one batched forward pass; then, per hypothesis:
+
+1. only tokens that some valid DocID agrees with are allowed (the documents consistent with the fixed
+   positions define the allowed tokens, so every answer is a real document);
+2. the positions to fill are picked: the n_t most confident masked positions (DiffuGR,
+   confidence-first unmasking; the other predictions are discarded, i.e. remasked) or the next position
+   (left to right, autoregressive). With `disambiguation_last`, the last position (the DocID's
+   disambiguation token, an arbitrary index among the documents sharing a semantic code) is only filled
+   once the semantic positions are: its distribution is peaked (most leaves hold one document, token 0)
+   without saying anything about the query, so confidence alone would commit it first;
+3. the candidate fillings are the distinct projections of the consistent documents onto those positions,
+   scored by the sum of their tokens' log-probabilities; the best `beam` survive.
+
+After the last step every hypothesis is a complete, valid DocID.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.diffugr.network import MASKED
+
+
+def schedule(length: int, steps: int) -> list[int]:
+    """How many positions to unmask at each step: as even as possible, summing to length."""
+    steps = max(1, min(steps, length))
+    return [length // steps + (1 if i < length % steps else 0) for i in range(steps)]
+
+
+@dataclass
+class Hyp:
+    query: int
+    tokens: np.ndarray  # (L,) codes, MASKED where not yet decided
+    consistent: np.ndarray  # indices of the documents that agree with the fixed positions
+    logp: float = 0.0
+
+
+def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor], codes: np.ndarray,
+                n_queries: int, steps: int, beam: int, left_to_right: bool = False,
+                disambiguation_last: bool = True) -> list[list[tuple[int, float]]]:
+    """logprobs_fn(query_index (H,), tokens (H, L)) -> (H, L, V) log-probabilities.
+
+    codes: (N, L) the valid DocIDs. Returns per query up to `beam` (document row, log-probability), best first.
+    """
+    N, L = codes.shape
+    every = np.arange(N)
+    hyps = [Hyp(q, np.full(L, MASKED, dtype=np.int64), every) for q in range(n_queries)]
+    plan = [1] * L if left_to_right else schedule(L, steps)
+    for n_fill in plan:
+        qidx = np.array([h.query for h in hyps])
+        lp = logprobs_fn(qidx, torch.from_numpy(np.stack([h.tokens for h in hyps]))).float().numpy()
+        new: dict[int, list[Hyp]] = {}
+        for h, lph in zip(hyps, lp):
+            cand = codes[h.consistent]  # (n, L)
+            masked = np.flatnonzero(h.tokens == MASKED)
+            if left_to_right:
+                fill = masked[:n_fill]
+            else:  # confidence of a position: its best allowed token's probability
+                conf = np.array([lph[p, np.unique(cand[:, p])].max() for p in masked])
+                if disambiguation_last and len(masked) > 1 and masked[-1] == L - 1:
+                    conf[-1] = -np.inf
+                fill = masked[np.argsort(-conf, kind="stable")[:n_fill]]
+            proj, first, inverse = np.unique(cand[:, fill], axis=0, return_index=True, return_inverse=True)
+            scores = lph[fill[None, :], proj].sum(axis=1)  # (n_unique,)
+            for u in np.argsort(-scores, kind="stable")[:beam]:
+                tokens = h.tokens.copy()
+                tokens[fill] = proj[u]
+                new.setdefault(h.query, []).append(
+                    Hyp(h.query, tokens, h.consistent[inverse.ravel() == u], h.logp + float(scores[u])))
+        hyps = [x for q in range(n_queries) for x in sorted(new.get(q, []), key=lambda x: -x.logp)[:beam]]
+    out: list[list[tuple[int, float]]] = [[] for _ in range(n_queries)]
+    for h in hyps:  # complete: exactly one consistent document each
+        out[h.query].extend((int(d), h.logp) for d in h.consistent[:1])
+    return out

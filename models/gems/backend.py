@@ -1,0 +1,141 @@
+"""The GEMS backend: one causal LM (with the GEMS adapters of training.train_gems) answers /search and
+/recommend by generating item semantic IDs with constrained beam search, so every result is a real item.
+
+Layout: <artifacts>/gems/ holds the checkpoint (adapters.safetensors with the item head and item-token
+embeddings, gems_config.json, itemids/, peft/<task>/ exports, meta.json naming the base LM);
+<artifacts>/search/gems and <artifacts>/recommend/gems point at it, and both tasks share one loaded model.
+
+Budget: the beam width is the knob. Warm-up measures the cost of beams k, 2k, 4k (k = the request's k);
+`plan` picks the widest beam whose cost fits, and a budget below beam = k degrades to the task's cheapest
+backend. CPU path: transformers (bf16). GPU path: engine="vllm" (UNISR_GEMS_ENGINE=vllm) serves the base model
+with the exported peft adapters through vLLM (models.gems.vllm; `pip install -e '.[gpu]'`, not exercised in CI);
+same interface.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from models.artifacts import read_meta
+from models.backend import Backend, Hit, Request, group_requests
+from models.docids import DocIDs
+from models.gems import subspaces as gems
+from models.gems.item_ids import ItemVocab, beam_search, recommend_prompt, search_prompt
+
+_SHARED: dict[tuple[Path, str], GEMSModel] = {}
+_LOCK = threading.Lock()
+
+
+class GEMSModel:
+    """The loaded LM + adapters + item vocabulary, shared by the search and recommend backends."""
+
+    def __init__(self, directory: Path, dtype: torch.dtype = torch.bfloat16, engine: str = "transformers"):
+        from models.causal_lm import load_causal_lm
+
+        meta = read_meta(directory)
+        self.model, self.tok = load_causal_lm(meta.get("lm"), dtype=torch.float32)
+        ids = DocIDs.load(directory / meta.get("itemids", "itemids"))
+        n_new = ids.length * ids.vocab
+        self.tok.add_tokens([f"<item_{lv}_{c}>" for lv in range(ids.length) for c in range(ids.vocab)])
+        first = self.tok.convert_tokens_to_ids("<item_0_0>")
+        self.model.resize_token_embeddings(len(self.tok), mean_resizing=False)
+        self.cfg, extra = gems.load_adapters(self.model, directory)
+        with torch.no_grad():
+            self.model.get_input_embeddings().weight[first:first + n_new] = extra["item_embeddings"]
+        self.item_head = extra["item_head"]
+        self.vocab = ItemVocab(ids, first)
+        self.history = int(meta.get("history", 10))
+        self.model = self.model.to(dtype).eval()
+        self.lock = threading.Lock()  # one generation at a time: the model uses every core
+        self.engine = None
+        if engine == "vllm":
+            from models.gems.vllm import VLLMItemGenerator, export_vllm_base
+
+            base = directory / "vllm-base"
+            if not (base / "config.json").exists():
+                export_vllm_base(self.model, self.tok, self.vocab, self.item_head, base)
+            self.engine = VLLMItemGenerator(base, {t: directory / "peft" / t for t in self.cfg.tasks}, self.vocab,
+                                            max_lora_rank=2 * self.cfg.rank)
+
+    @classmethod
+    def shared(cls, directory: Path, engine: str = "transformers") -> GEMSModel:
+        directory = directory.resolve()
+        with _LOCK:
+            if (directory, engine) not in _SHARED:
+                _SHARED[directory, engine] = cls(directory, engine=engine)
+            return _SHARED[directory, engine]
+
+    def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None):
+        if self.engine is not None:
+            return self.engine.generate(task, prompts, beam, k, exclude)
+        with self.lock:
+            gems.set_task(self.model, task)
+            return beam_search(self.model, self.tok, self.vocab, self.item_head, prompts, beam, k, exclude)
+
+
+class GEMSBackend(Backend):
+    name = "gems"
+    tasks = ("search", "recommend")
+    cost_rank = 5
+
+    def __init__(self, shared: GEMSModel, task: str):
+        super().__init__()
+        self.shared, self.task = shared, task
+        self.cost_ms: dict[int, float] = {}  # beam -> ms per request
+
+    @classmethod
+    def load(cls, directory: Path, engine: str = "transformers") -> GEMSBackend:
+        """engine: "transformers" (CPU) or "vllm" (in-process vLLM on a GPU; settings: UNISR_GEMS_ENGINE)."""
+        meta = read_meta(directory)
+        checkpoint = (directory / meta["checkpoint"]) if "checkpoint" in meta else directory
+        task = directory.parent.name
+        return cls(GEMSModel.shared(checkpoint, engine), task if task in cls.tasks else "search")
+
+    def beam_for(self, request: Request) -> int:
+        return max(request.k, int(request.options.get("beam") or 2 * request.k))
+
+    def config(self, request: Request) -> dict:
+        return {"beam": self.beam_for(request), "variant": self.shared.cfg.variant, "constrained": True,
+                "null_space": self.shared.cfg.null_space}
+
+    def prompt(self, request: Request) -> str:
+        if self.task == "search":
+            return search_prompt(request.query)
+        return recommend_prompt(self.shared.vocab, request.history, self.shared.history)
+
+    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+        out: list[list[Hit]] = [[] for _ in requests]
+        for beam, members in group_requests(requests, self.beam_for).items():
+            reqs = [requests[n] for n in members]
+            exclude = [set(r.history) for r in reqs] if self.task == "recommend" else None
+            res = self.shared.generate(self.task, [self.prompt(r) for r in reqs], beam, max(r.k for r in reqs),
+                                       exclude)
+            for n, r, items in zip(members, reqs, res):
+                out[n] = [Hit(i, s) for i, s in items[:r.k]]
+        return out
+
+    def warm_up(self, request: Request, repeats: int = 3) -> float:
+        for beam in (request.k, 2 * request.k, 4 * request.k):
+            r = Request(request.task, query=request.query, history=request.history, k=request.k,
+                        options={"beam": beam})
+            self.cost_ms[beam] = super().warm_up(r, repeats)
+        self.ms_per_request = self.cost_ms[request.k]
+        return self.ms_per_request
+
+    def estimate_ms(self, request: Request) -> float:
+        beam = self.beam_for(request)
+        if beam in self.cost_ms:
+            return self.cost_ms[beam]
+        return self.ms_per_request * beam / max(1, min(self.cost_ms or {request.k: 0}))
+
+    def plan(self, request: Request, budget_ms: float) -> bool:
+        if request.options.get("beam") or not self.cost_ms:
+            return self.estimate_ms(request) <= budget_ms
+        scale = request.k / min(self.cost_ms)  # costs were measured at the warm-up request's k
+        fits = [b for b, ms in self.cost_ms.items() if ms * max(1.0, scale) <= budget_ms]
+        if not fits:
+            return False
+        request.options["beam"] = max(request.k, int(max(fits) * scale))
+        return True

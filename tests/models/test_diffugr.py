@@ -1,0 +1,121 @@
+"""DiffuGR: DocIDs, constrained decoding, training, and the served endpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from indexing.docids import build_docids
+from models.beam import beam_decode, schedule
+from models.docids import DocIDs
+
+
+@pytest.fixture(scope="module")
+def docids(artifacts):
+    return DocIDs.load(artifacts / "retrieve" / "docids")
+
+
+def test_docids_unique_and_round_trip(docids, artifacts, tmp_path):
+    rows = {tuple(r) for r in docids.codes.tolist()}
+    assert len(rows) == len(docids.ids) == len(set(docids.ids))  # every document one unique ID
+    assert docids.codes.min() >= 0 and docids.codes.max() < docids.vocab
+    lookup = docids.lookup()
+    assert all(lookup[tuple(r)] == d for r, d in zip(docids.codes.tolist()[:500], docids.ids[:500]))
+    docids.save(tmp_path / "d", levels=3)
+    again = DocIDs.load(tmp_path / "d")
+    assert (again.codes == docids.codes).all() and again.ids == docids.ids
+    # semantic: documents that share the first code are closer than random pairs
+    vec = np.load(artifacts / "retrieve" / "dense" / "vectors.npy")
+    same = docids.codes[:, 0] == docids.codes[0, 0]
+    assert (vec[same] @ vec[0]).mean() > (vec @ vec[0]).mean() + 0.05
+
+
+def test_build_docids_disambiguates_collisions():
+    rng = np.random.default_rng(0)
+    vectors = np.repeat(rng.normal(size=(5, 8)).astype("float32"), 4, axis=0)  # 4 identical copies each
+    d = build_docids(vectors, [f"d{i}" for i in range(20)], levels=2, codes=4)
+    assert len({tuple(r) for r in d.codes.tolist()}) == 20 and d.codes[:, -1].max() == 3
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(1, 6), beam=st.integers(1, 8),
+       length=st.integers(2, 5), vocab=st.integers(2, 6), ltr=st.booleans())
+def test_constrained_decoding_only_returns_valid_ids(seed, steps, beam, length, vocab, ltr):
+    rng = np.random.default_rng(seed)
+    codes = np.unique(rng.integers(0, vocab, (rng.integers(1, 40), length)), axis=0)
+    gen = torch.Generator().manual_seed(seed)
+
+    def logprobs(qidx, tokens):  # an adversarial model: random, often preferring invalid tokens
+        return torch.log_softmax(torch.randn(len(qidx), length, vocab, generator=gen) * 5, dim=-1)
+
+    out = beam_decode(logprobs, codes, 3, steps, beam, ltr)
+    valid = {tuple(r) for r in codes.tolist()}
+    for rows in out:
+        assert 1 <= len(rows) <= beam and len({r for r, _ in rows}) == len(rows)
+        assert all(0 <= r < len(codes) and tuple(codes[r].tolist()) in valid for r, _ in rows)
+        scores = [s for _, s in rows]
+        assert scores == sorted(scores, reverse=True)
+    assert sum(schedule(length, steps)) == length
+
+
+def test_tiny_training_lowers_the_loss(tmp_path, data_dirs, artifacts):
+    from training.train_diffugr import train
+
+    torch.set_num_threads(1)
+    state = train(data_dirs["retrieval"], artifacts / "retrieve" / "docids", tmp_path / "dg", "diffusion",
+                  epochs=3, batch_size=64, d_model=64, n_layers=1, eval_every=3, max_docs=300, max_valid=20)
+    losses = [h["loss"] for h in state["history"]]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "dg" / "model.safetensors").exists() and (tmp_path / "dg" / "docids" / "codes.npy").exists()
+
+
+def test_trained_diffugr_beats_random_and_steps_help(artifacts, data_dirs):
+    from training.evaluate import run
+
+    rows = {t: run("retrieve", "diffugr", artifacts, data_dirs, "test", options={"steps": t}) for t in (1, 4)}
+    rnd = run("retrieve", "random", artifacts, data_dirs, "test")
+    assert rows[4]["recall@10"] > 20 * max(rnd["recall@10"], 1e-3)
+    assert rows[4]["recall@10"] >= rows[1]["recall@10"] - 0.01  # more refinement does not hurt
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_endpoint_honours_steps(client, steps):
+    r = client.get("/retrieve", params={"q": "Would a pear sink in water?", "k": 5, "backend": "diffugr",
+                                        "steps": steps, "latency_budget_ms": 60_000})
+    body = r.json()
+    assert r.status_code == 200 and body["backend"] == "diffugr" and not body["degraded"]
+    assert body["config"]["steps"] == steps and len(body["results"]) == 5
+    corpus = client.app.state.settings.data_dir / "strategyqa-facts" / "corpus.jsonl"
+    corpus_ids = {json.loads(line)["_id"] for line in corpus.read_text().splitlines()}
+    assert {x["id"] for x in body["results"]} <= corpus_ids
+
+
+def test_budget_picks_steps_and_degrades_below_one_step(client):
+    cost = client.app.state.engine.backends["retrieve"]["diffugr"].cost_ms  # measured at start-up
+    assert sorted(cost) == [1, 2, 3, 4] and all(ms > 0 for ms in cost.values())
+    generous = client.get("/retrieve", params={"q": "pear density", "backend": "diffugr",
+                                               "latency_budget_ms": max(cost.values()) * 20}).json()
+    assert generous["config"]["steps"] == 4 and not generous["degraded"]  # all the refinement fits
+    for budget in sorted(cost.values()):  # each measured cost as the budget picks the most steps under it
+        expect = max(s for s, ms in cost.items() if ms <= budget)
+        body = client.get("/retrieve", params={"q": f"pear density {budget}", "backend": "diffugr",
+                                               "latency_budget_ms": budget * 1.0001}).json()
+        assert body["degraded"] or body["config"]["steps"] == expect  # (a slow run may still miss)
+    tiny = client.get("/retrieve", params={"q": "pear density", "backend": "diffugr",
+                                           "latency_budget_ms": min(cost.values()) / 10}).json()
+    assert tiny["degraded"] and tiny["backend"] == "bm25" and "budget" in tiny["degraded_reason"]

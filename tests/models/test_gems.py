@@ -1,0 +1,236 @@
+"""GEMS: multi-subspace adapters on the real 135M LM: null-space projection, save/load, peft export, a tiny
+training run on the real ML-100K data, and the item vocabulary / constrained generation."""
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.gems import subspaces as gems
+
+ROOT = Path(__file__).resolve().parents[2]
+GENERAL = ["The Eiffel Tower is located in Paris, France.", "Water boils at 100 degrees Celsius at sea level.",
+           "Abraham Lincoln was the 16th president of the United States.", "The Pacific is the largest ocean.",
+           "Photosynthesis converts light energy into chemical energy.", "Mount Everest is in the Himalayas."]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from models.causal_lm import load_causal_lm
+
+    return load_causal_lm(dtype=torch.float32)
+
+
+def _randomise(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in gems.modules(model).values():
+            for b in m.B.values():
+                b.copy_(torch.randn(b.shape, generator=g) * 0.02)
+
+
+def _logits(model, tok, text="Search: animation comedy 1990s\nItem:"):
+    with torch.no_grad():
+        return model(**tok(text, return_tensors="pt")).logits
+
+
+def test_null_space_projection_is_orthogonal(lm):
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    cfg = gems.GEMSConfig(top_layers=2, null_energy=0.9)
+    gems.attach(model, cfg)
+    enc = tok(GENERAL, return_tensors="pt", padding=True)
+    dirs = gems.protected_directions(model, [(enc["input_ids"], enc["attention_mask"])], cfg.null_energy)
+    ranks = gems.protect(model, dirs)
+    assert all(0 < r < 2000 for r in ranks.values())
+    opt = torch.optim.AdamW([p for s in cfg.subspaces for p in gems.parameters(model, s)], lr=1e-2)
+    for task in ("search", "recommend", "search"):  # a few real optimiser steps, each projected
+        gems.set_task(model, task)
+        before = gems.snapshot_A(model)
+        model(**tok("History: a b c\nNext item:", return_tensors="pt")).logits.float().pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        gems.project_updates(model, before)
+    for name, m in gems.modules(model).items():
+        U = dirs[name]
+        for task in ("search", "recommend"):
+            dW = m.delta_weight(task)
+            assert dW.norm() > 0
+            assert (dW @ U).norm() / dW.norm() < 1e-4, name  # ~0 component along the protected directions
+    # without protection the same kind of update has a clear component there
+    free = copy.deepcopy(lm[0])
+    gems.attach(free, cfg)
+    _randomise(free)
+    m = next(iter(gems.modules(free).values()))
+    U = next(iter(dirs.values()))
+    assert (m.delta_weight("search") @ U).norm() / m.delta_weight("search").norm() > 0.1
+
+
+def test_adapters_round_trip(lm, tmp_path):
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    cfg = gems.GEMSConfig(top_layers=2)
+    gems.attach(model, cfg)
+    _randomise(model)
+    gems.set_task(model, "recommend")
+    gems.save_adapters(model, cfg, tmp_path / "ad", {"item_head": torch.ones(3, 4)})
+    fresh = copy.deepcopy(lm[0])
+    cfg2, extra = gems.load_adapters(fresh, tmp_path / "ad")
+    gems.set_task(fresh, "recommend")
+    assert cfg2 == cfg and torch.equal(extra["item_head"], torch.ones(3, 4))
+    assert torch.equal(_logits(model, tok), _logits(fresh, tok))
+    gems.set_task(fresh, "search")
+    assert not torch.equal(_logits(model, tok), _logits(fresh, tok))  # the task subspace matters
+
+
+def test_peft_export_gives_the_same_logits(lm, tmp_path):
+    from peft import PeftModel
+
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    cfg = gems.GEMSConfig(top_layers=2)
+    gems.attach(model, cfg)
+    _randomise(model, seed=1)
+    for task in ("search", "recommend"):
+        gems.set_task(model, task)
+        path = gems.export_peft(model, cfg, task, tmp_path / task)
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(lm[0]), str(path)).eval()
+        ours, theirs = _logits(model, tok), _logits(peft_model, tok)
+        assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+        assert not torch.allclose(theirs, _logits(lm[0], tok), atol=1e-3)  # the adapter is really applied
+
+
+def test_gradient_split_routes_conflicts_to_task_subspaces(lm):
+    model = copy.deepcopy(lm[0])
+    cfg = gems.GEMSConfig(top_layers=1)
+    gems.attach(model, cfg)
+    n = sum(p.numel() for p in gems.parameters(model, "shared"))
+    g = torch.randn(n)
+    grads = {"search": {s: torch.zeros(n) for s in cfg.subspaces},
+             "recommend": {s: torch.zeros(n) for s in cfg.subspaces}}
+    g_rec = -0.5 * g + 0.1 * torch.randn(n)
+    grads["search"]["shared"], grads["recommend"]["shared"] = g.clone(), g_rec.clone()
+    cos = gems.split_gradients(model, grads, cfg)
+    assert cos < 0
+    flat = {s: torch.cat([p.grad.reshape(-1) for p in gems.parameters(model, s)]) for s in cfg.subspaces}
+    assert torch.allclose(flat["shared"] + flat["search"] + flat["recommend"], g + g_rec, atol=1e-4)  # re-routed
+    assert flat["search"].norm() > 0  # the conflicting part of search's gradient went to the search subspace
+    # the shared update no longer conflicts with either task
+    assert flat["shared"] @ g > 0 and flat["shared"] @ g_rec > 0
+
+
+def test_tiny_training_lowers_both_losses_and_generates_real_items(lm, artifacts, tmp_path):
+    from indexing.data import load_recsys
+    from models.gems.item_ids import add_item_tokens, beam_search
+    from training.train_gems import Encoded, TrainConfig, examples, item_ids, top_loss, train_variant
+
+    base, tok = copy.deepcopy(lm[0]), copy.deepcopy(lm[1])
+    data = load_recsys(ROOT / "data" / "ml100k")
+    ids = item_ids(artifacts, artifacts / "gems-test")
+    vocab, head0 = add_item_tokens(base, tok, ids, {i: d["title"] for i, d in data.items.items()})
+    train = examples(data, vocab, "train", 64, 5, 0)
+    enc = {t: Encoded(tok, vocab, train[t]) for t in ("search", "recommend")}
+    n_lower = len(base.model.layers) - 2
+    for t in enc:
+        enc[t].cache_lower(base, n_lower)
+    cfg = TrainConfig(examples_per_task=64, epochs=4, batch_size=16, lr=5e-3, head_lr=5e-3)
+    probe = copy.deepcopy(base)
+    gems.attach(probe, gems.GEMSConfig(top_layers=2))
+    idx = list(range(32))
+    before = {t: top_loss(probe, enc[t], idx, n_lower, head0, vocab).item() for t in enc}
+    random.seed(0), torch.manual_seed(0)
+    valid = examples(data, vocab, "valid", 16, 5, 1)
+    model, gcfg, head, hist, _ = train_variant("gems", base, tok, vocab, head0, enc, cfg, GENERAL,
+                                               {"top_layers": 2}, valid, tmp_path / "state")
+    assert len(hist["valid_hr10"]) == 4 and set(hist["valid_hr10"][0]) == {"search", "recommend"}
+    # a rerun resumes from the saved state: nothing left to train, the same adapters and head come back
+    again, _, head2, hist2, _ = train_variant("gems", base, tok, vocab, head0, enc, cfg, GENERAL, {"top_layers": 2},
+                                              None, tmp_path / "state")
+    assert torch.equal(head, head2) and hist2["loss"] == hist["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(gems.adapter_state(model).values(),
+                                                 gems.adapter_state(again).values()))
+    after = {}
+    for t in enc:
+        gems.set_task(model, t)
+        after[t] = top_loss(model, enc[t], idx, n_lower, head, vocab).item()
+    assert all(after[t] < before[t] for t in enc), (before, after)
+    assert len(hist["cos"]) == 4 * 4 and all(-1 <= c <= 1 for c in hist["cos"])
+    gems.set_task(model, "search")
+    res = beam_search(model, tok, vocab, head, [train["search"][0][0]], beam=8, k=5)
+    assert len(res[0]) == 5 and all(i in vocab.row for i, _ in res[0])  # only real items
+
+
+# ---------------------------------------------------------------- the pipeline and the served backend
+@pytest.fixture(scope="module")
+def tiny_gems_artifacts(artifacts, tmp_path_factory):
+    """A tiny run of the real pipeline (GEMS variant only) into an artifacts dir beside the real baselines."""
+    from training.train_gems import TrainConfig, run
+
+    root = tmp_path_factory.mktemp("art")
+    for task in ("search", "recommend", "retrieve"):
+        (root / task).mkdir()
+        for d in (artifacts / task).iterdir():
+            (root / task / d.name).symlink_to(d)
+    cfg = TrainConfig(examples_per_task=96, epochs=2, batch_size=16, eval_users=24, beam=10, general_texts=48)
+    report = run(root / "gems", root, ROOT / "data", ["gems"], cfg, None, root / "results", {"top_layers": 2})
+    return root, report
+
+
+def test_pipeline_writes_table_plot_and_checkpoint(tiny_gems_artifacts):
+    root, report = tiny_gems_artifacts
+    assert (root / "results" / "gems-table.md").exists() and (root / "results" / "gems-grad-cosine.png").exists()
+    row = report["rows"]["(e) GEMS"]
+    assert {"search", "recommend", "general_ppl"} <= set(row)
+    assert any(k.startswith("(a) sasrec") for k in report["rows"])
+    assert (root / "gems" / "peft" / "search" / "adapter_config.json").exists()
+    assert (root / "search" / "gems" / "meta.json").exists() and (root / "recommend" / "gems" / "meta.json").exists()
+
+
+def test_served_gems_returns_real_items_and_degrades(tiny_gems_artifacts, settings):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    root, _ = tiny_gems_artifacts
+    with TestClient(create_app(settings.model_copy(update={"artifacts_dir": root}))) as client:
+        items = client.app.state.catalog.items
+        r = client.get("/search", params={"q": "animation comedy 1990s", "backend": "gems", "k": 5,
+                                          "latency_budget_ms": 30_000})
+        body = r.json()
+        assert r.status_code == 200 and body["backend"] == "gems" and not body["degraded"], body
+        assert len(body["results"]) == 5 and all(x["id"] in items for x in body["results"])
+        assert body["config"]["beam"] >= 5
+        r = client.get("/recommend", params={"user_id": "1", "backend": "gems", "k": 5, "latency_budget_ms": 30_000})
+        body = r.json()
+        history = set(client.app.state.catalog.history("1"))
+        assert body["backend"] == "gems" and len(body["results"]) == 5
+        assert all(x["id"] in items and x["id"] not in history for x in body["results"])
+        tight = client.get("/search", params={"q": "comedy", "backend": "gems", "latency_budget_ms": 0.5}).json()
+        assert tight["degraded"] and tight["backend"] != "gems" and "gems" in tight["degraded_reason"]
+
+
+def test_vllm_export_scores_items_like_the_cpu_path(tiny_gems_artifacts, tmp_path):
+    """The GPU path's inputs, checked on CPU: the exported base (item head as lm_head rows) + the task's peft
+    adapter give the same item-token distribution as the served transformers path."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from models.gems.backend import GEMSModel
+    from models.gems.item_ids import search_prompt
+    from models.gems.vllm import export_vllm_base
+
+    root, _ = tiny_gems_artifacts
+    served = GEMSModel(root / "gems", dtype=torch.float32)  # the served path, in fp32 for an exact comparison
+    base_dir = export_vllm_base(served.model, served.tok, served.vocab, served.item_head, tmp_path / "vllm-base")
+    exported = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    vllm_like = PeftModel.from_pretrained(exported, str(root / "gems" / "peft" / "search")).eval()
+    prompt = search_prompt("animation comedy 1990s")
+    ids = served.tok(prompt, return_tensors="pt", add_special_tokens=False)
+    V, first = served.vocab.vocab, served.vocab.first_token
+    with torch.no_grad():
+        theirs = torch.log_softmax(vllm_like(**ids).logits[0, -1, first:first + V].float(), -1)
+        gems.set_task(served.model, "search")
+        h = served.model.model(**ids).last_hidden_state[0, -1]
+        ours = torch.log_softmax(h @ served.item_head[:V].T, -1)
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    assert ours.argmax() == theirs.argmax()

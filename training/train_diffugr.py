@@ -1,0 +1,172 @@
+"""Train a DocID decoder for generative retrieval: DiffuGR (masked discrete diffusion) or the
+autoregressive baseline, on the same data.
+
+    python -m training.train_diffugr --mode diffusion --out artifacts/v1/retrieve/diffugr
+    python -m training.train_diffugr --mode ar        --out artifacts/v1/retrieve/ar
+
+Data, as DSI-style generative retrievers train: indexing examples (document text -> its DocID) for every
+document and retrieval examples (training query -> each relevant document's DocID). Queries and documents
+enter as frozen MiniLM token states.
+
+DiffuGR objective: per example draw the masking level m ~ U{1..L}, mask m random DocID positions and
+recover them: loss = (1/m) * sum of the cross-entropies at the masked positions, i.e. the 1/t-weighted
+masked-diffusion ELBO with t = m/L (MDLM, LLaDA). AR objective: next-token cross-entropy.
+Validation Recall@10 on the valid queries (full steps, beam 10) every `--eval-every` epochs; the best
+checkpoint is kept in --out, the last one in --out/last (resumed from when present).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from indexing.data import load_retrieval
+from models.artifacts import write_meta
+from models.diffugr.backend import ARDocIDBackend, DiffuGRBackend
+from models.diffugr.network import MASKED, DocIDDecoder, DocIDDecoderConfig
+from models.docids import DocIDs
+from models.encoders.sentence import encode_tokens
+
+
+def masked_diffusion_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> torch.Tensor:
+    B, L = codes.shape
+    m = torch.randint(1, L + 1, (B,))  # how many positions to mask
+    order = torch.rand(B, L).argsort(dim=1)
+    mask = order < m[:, None]  # m random positions per row
+    logits = model(qs, qm, torch.where(mask, torch.full_like(codes, MASKED), codes))
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none").view(B, L)
+    return ((ce * mask).sum(dim=1) / m).mean()
+
+
+def autoregressive_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> torch.Tensor:
+    logits = model(qs, qm, codes)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+
+
+def encoded_texts(texts: list[str], cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen encoder states of the training texts (fp16), cached beside the DocIDs by a hash of the texts
+    so the diffusion and AR runs (and resumed runs) encode once."""
+    key = hashlib.sha1("\x1f".join(texts).encode()).hexdigest()[:16]
+    path = cache_dir / f"states-{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    print(f"encoding {len(texts)} texts with the frozen query encoder ...", flush=True)
+    states, masks = encode_tokens(texts)
+    torch.save((states.half(), masks), path)
+    return states.half(), masks
+
+
+def recall_at_10(backend, queries: dict[str, str], qrels: dict[str, dict[str, int]], batch: int = 32) -> float:
+    qids = list(queries)
+    total = 0.0
+    for b in range(0, len(qids), batch):
+        chunk = qids[b:b + batch]
+        decoded = backend.decode([queries[q] for q in chunk], backend.length, 10)
+        for q, rows in zip(chunk, decoded):
+            found = {backend.docids.ids[r] for r, _ in rows[:10]}
+            total += len(found & set(qrels[q])) / len(qrels[q])
+    return total / max(1, len(qids))
+
+
+def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", epochs: int = 40,
+          batch_size: int = 128, lr: float = 1e-3, d_model: int = 256, n_layers: int = 4, eval_every: int = 5,
+          seed: int = 0, max_docs: int | None = None, max_valid: int | None = None) -> dict:
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    data = load_retrieval(data_dir)
+    docids = DocIDs.load(docids_dir)
+    row = {d: n for n, d in enumerate(docids.ids)}
+    doc_rows = list(range(len(docids.ids)))[:max_docs] if max_docs else list(range(len(docids.ids)))
+    keep = set(doc_rows)
+    train_q = {q: t for q, t in data.split_queries("train").items()
+               if any(row.get(d) in keep for d in data.qrels["train"][q])}
+    valid_q = dict(list(data.split_queries("valid").items())[:max_valid]) if max_valid else data.split_queries("valid")
+    if max_docs:
+        valid_q = {q: t for q, t in valid_q.items() if all(row.get(d) in keep for d in data.qrels["valid"][q])}
+    texts = [data.doc_text(docids.ids[r]) for r in doc_rows] + list(train_q.values())
+    states, masks = encoded_texts(texts, docids_dir)
+    examples = [(n, r) for n, r in enumerate(doc_rows)]  # indexing: document text -> DocID
+    for n, q in enumerate(train_q, start=len(doc_rows)):  # retrieval: query -> DocID of each relevant doc
+        examples += [(n, row[d]) for d in data.qrels["train"][q] if row.get(d) in keep]
+    codes = torch.from_numpy(docids.codes)
+    cfg = DocIDDecoderConfig(length=docids.length, vocab=docids.vocab, causal=mode == "ar", d_model=d_model,
+                             n_layers=n_layers, n_heads=max(1, d_model // 64))
+    model = DocIDDecoder(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    state = {"epoch": 0, "best_recall10": -1.0, "best_epoch": 0, "history": [], "mode": mode}
+    last = out / "last"
+    if (last / "model.safetensors").exists():
+        model = DocIDDecoder.from_dir(last)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        opt.load_state_dict(torch.load(last / "optim.pt"))
+        state = json.loads((last / "train_state.json").read_text())
+        print(f"resumed from epoch {state['epoch']} (best valid R@10 {state['best_recall10']:.4f})")
+    loss_fn = autoregressive_loss if mode == "ar" else masked_diffusion_loss
+    backend_cls = ARDocIDBackend if mode == "ar" else DiffuGRBackend
+    bar = tqdm(range(state["epoch"], epochs), desc=f"docid-{mode}", initial=state["epoch"], total=epochs)
+    for epoch in bar:
+        model.train()
+        random.shuffle(examples)
+        losses = []
+        for b in range(0, len(examples), batch_size):
+            chunk = examples[b:b + batch_size]
+            t_idx = torch.tensor([t for t, _ in chunk])
+            width = int(masks[t_idx].sum(dim=1).max())  # trim the padding the whole batch shares
+            loss = loss_fn(model, states[t_idx, :width].float(), masks[t_idx, :width], codes[[r for _, r in chunk]])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            model.eval()
+            r10 = recall_at_10(backend_cls(model, docids), valid_q, data.qrels["valid"])
+            state["history"][-1]["valid_recall10"] = r10
+            if r10 > state["best_recall10"]:
+                state["best_recall10"], state["best_epoch"] = r10, epoch + 1
+                model.save(out)
+                if not (out / "docids").exists():
+                    shutil.copytree(docids_dir, out / "docids", ignore=shutil.ignore_patterns("states-*"))
+            model.save(last, extra=state)
+            torch.save(opt.state_dict(), last / "optim.pt")
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", best_r10=f"{state['best_recall10']:.4f}")
+    write_meta(out, backend=backend_cls.name, mode=mode, data=str(data_dir), beam=10,
+               best_valid_recall10=state["best_recall10"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+               examples=len(examples), docids=str(docids_dir))
+    return state
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=["diffusion", "ar"], default="diffusion")
+    p.add_argument("--data", type=Path, default=Path("data/strategyqa-facts"))
+    p.add_argument("--docids", type=Path, default=Path("artifacts/v1/retrieve/docids"))
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = a.out or Path("artifacts/v1/retrieve") / ("diffugr" if a.mode == "diffusion" else "ar")
+    t0 = time.time()
+    s = train(a.data, a.docids, out, a.mode, a.epochs, a.batch_size, a.lr, a.d_model, a.layers, a.eval_every)
+    print(f"best valid Recall@10 {s['best_recall10']:.4f} at epoch {s['best_epoch']} ({time.time() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()

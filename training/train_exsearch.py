@@ -1,0 +1,267 @@
+"""Train the EXSEARCH agent by generalized expectation-maximisation on its own search trajectories.
+
+    python -m training.train_exsearch --out artifacts/v1/agent --rounds 2 --questions 16 --samples 3
+
+Each round:
+
+E-step: for every training question, sample `samples` trajectories with the current model (think / search /
+record steps, temperature > 0, the loop of models.exsearch.loop over the BM25 retriever) and stop before the answer.
+Weight trajectory z of question x by the model's likelihood of the gold answer after it, p(y | x, z),
+self-normalised over the question's samples: w_k = p(y | x, z_k) / sum_j p(y | x, z_j). This is the
+importance-sampled posterior p(z | x, y) with the model itself as the proposal.
+
+M-step: maximise sum_k w_k log p(z_k, y | x): the weighted negative log-likelihood of the tokens the model
+wrote (actions and the gold answer; the retrieved result blocks and the prompt are context, not targets),
+with LoRA adapters (peft) merged into the weights after the step.
+
+The first round samples with the worked example in the prompt (the untrained model needs it to follow the
+format); every M-step trains on the compact prompt without it, so the trained agent runs without the
+example (shorter prompts, and the format is now in the weights). Logged per round: mean p(gold | z), the
+effective sample size of the weights, the weighted loss before/after the M-step, dev EM. Each round's model
+is saved as a standard HF checkpoint (round-N/), and the last one also at --out itself with meta.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexing.data import load_multihop
+from models.artifacts import write_meta
+from models.causal_lm import load_causal_lm
+from models.exsearch.loop import AgentConfig, SearchAgent
+from models.registry import load_backend
+from training.common import add_config_args, config_from_args
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class EMConfig:
+    rounds: int = 2
+    questions: int = 16  # training questions per round (a fresh sample each round)
+    samples: int = 3  # trajectories per question (E-step)
+    temperature: float = 0.8
+    max_hops: int = 2
+    k: int = 2  # passages per search
+    max_new_tokens: int = 32
+    lr: float = 3e-4
+    epochs: int = 2  # passes over the round's trajectories (M-step)
+    batch_size: int = 4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_layers: int = 8  # adapt the top N blocks (backward stops there: ~4x cheaper M-step on a CPU)
+    max_len: int = 640  # tokens per training sequence (longer ones are cut from the left of the transcript)
+    dev_questions: int = 16
+    seed: int = 0
+
+
+@dataclass
+class Sample:
+    question: str
+    prompt: str  # compact prompt: what the M-step trains under
+    segments: list[tuple[str, bool]]  # transcript (text, model-written)
+    answer: str  # gold
+    logp_answer: float = 0.0  # log p(gold | x, z)
+    weight: float = 0.0  # self-normalised over the question's samples
+    hops: int = 0
+
+
+@dataclass
+class RoundLog:
+    round: int
+    questions: int
+    trajectories: int
+    mean_p_gold: float
+    mean_ess: float  # effective sample size per question, 1..samples
+    loss_before: float
+    loss_after: float
+    dev_em: float | None = None
+    sample_s: float = 0.0
+    train_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ tokenisation and likelihoods
+def encode_sample(tok, s: Sample, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 target mask: the model-written segments and 'Answer: <gold>' are targets."""
+    ids, target = tok(s.prompt, add_special_tokens=False)["input_ids"], []
+    target = [0] * len(ids)
+    for text, mine in [*s.segments, (f"Answer: {s.answer}\n", True)]:
+        t = tok(text, add_special_tokens=False)["input_ids"]
+        ids += t
+        target += [int(mine)] * len(t)
+    if len(ids) > max_len:  # keep the prompt's start (instructions + question) and the end of the transcript
+        head = min(len(tok(s.prompt, add_special_tokens=False)["input_ids"]), max_len // 2)
+        tail = max_len - head
+        ids, target = ids[:head] + ids[-tail:], target[:head] + target[-tail:]
+    return ids, target
+
+
+def token_nll(model, batch: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed NLL over target tokens and the target counts (right padding)."""
+    width = max(len(ids) for ids, _ in batch)
+    device = next(model.parameters()).device
+    ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
+    att = torch.zeros_like(ids)
+    tgt = torch.zeros_like(ids)
+    for n, (i, t) in enumerate(batch):
+        ids[n, :len(i)], att[n, :len(i)], tgt[n, :len(t)] = torch.tensor(i), 1, torch.tensor(t)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=device.type == "cpu"):
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+    mask = tgt[:, 1:].float()
+    return (nll * mask).sum(1), mask.sum(1)
+
+
+@torch.no_grad()
+def answer_logprobs(model, tok, contexts: list[str], answers: list[str], batch_size: int = 8) -> list[float]:
+    """log p(' <answer>' | context + 'Answer:') for each pair."""
+    out = []
+    for b in range(0, len(contexts), batch_size):
+        batch = []
+        for c, a in zip(contexts[b:b + batch_size], answers[b:b + batch_size]):
+            ctx = tok(c + "Answer:", add_special_tokens=False)["input_ids"]
+            ans = tok(" " + a, add_special_tokens=False)["input_ids"]
+            batch.append((ctx + ans, [0] * len(ctx) + [1] * len(ans)))
+        nll, _ = token_nll(model, batch)
+        out += (-nll).tolist()
+    return out
+
+
+def weighted_loss(model, tok, samples: list[Sample], max_len: int, batch_size: int = 4,
+                  grad: bool = False) -> float:
+    """The M-step objective: sum_i w_i NLL_i / sum_i w_i n_i (weighted NLL per target token)."""
+    encoded = [encode_sample(tok, s, max_len) for s in samples]
+    norm = sum(s.weight * sum(target) for s, (_, target) in zip(samples, encoded)) or 1.0
+    total = 0.0
+    for b in range(0, len(samples), batch_size):
+        with torch.set_grad_enabled(grad):
+            nll, _ = token_nll(model, encoded[b:b + batch_size])
+            loss = (torch.tensor([s.weight for s in samples[b:b + batch_size]]) * nll).sum() / norm
+            if grad:
+                loss.backward()
+        total += loss.item()
+    return total
+
+
+# ------------------------------------------------------------------ E-step and M-step
+def e_step(agent: SearchAgent, questions: list[dict], cfg: EMConfig, compact_prompt) -> list[Sample]:
+    samples: list[Sample] = []
+    for q in tqdm(questions, desc="E-step (sampling trajectories)"):
+        traces = [agent.run(q["question"], max_hops=cfg.max_hops, answer=False) for _ in range(cfg.samples)]
+        group = [Sample(q["question"], compact_prompt(q["question"]), tr.segments, q["answer"], hops=tr.hops)
+                 for tr in traces]
+        lps = answer_logprobs(agent.lm, agent.tokenizer, [tr.context for tr in traces], [s.answer for s in group])
+        w = np.exp(np.array(lps) - max(lps))
+        w /= w.sum()
+        for s, lp, wk in zip(group, lps, w):
+            s.logp_answer, s.weight = lp, float(wk)
+        samples += group
+    return samples
+
+
+def m_step(model, tok, samples: list[Sample], cfg: EMConfig):
+    """LoRA on the current weights, trained on the weighted trajectories, merged back; returns the model."""
+    from peft import LoraConfig, get_peft_model
+
+    n = model.config.num_hidden_layers
+    layers = list(range(max(0, n - cfg.lora_layers), n)) if cfg.lora_layers else None
+    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                  target_modules=LORA_TARGETS, layers_to_transform=layers,
+                                                  task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
+    peft_model.train()
+    order = list(range(len(samples)))
+    steps = cfg.epochs * math.ceil(len(order) / cfg.batch_size)
+    bar = tqdm(total=steps, desc="M-step (weighted LoRA)")
+    for _ in range(cfg.epochs):
+        random.shuffle(order)
+        for b in range(0, len(order), cfg.batch_size):
+            chunk = [samples[i] for i in order[b:b + cfg.batch_size]]
+            opt.zero_grad()
+            loss = weighted_loss(peft_model, tok, chunk, cfg.max_len, cfg.batch_size, grad=True)
+            torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+    bar.close()
+    return peft_model.merge_and_unload().eval()
+
+
+def exact_match(agent: SearchAgent, questions: list[dict], max_hops: int) -> float:
+    if not questions:
+        return float("nan")
+    hits = [agent.run(q["question"], max_hops=max_hops).answer == q["answer"] for q in questions]
+    return float(np.mean(hits))
+
+
+# ------------------------------------------------------------------ the loop
+def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
+          artifacts: Path = Path("artifacts/v1"), lm: str | None = None) -> list[RoundLog]:
+    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
+    data = load_multihop(data_dir)
+    retriever = load_backend(artifacts, "retrieve", "bm25")
+    model, tok = load_causal_lm(lm, dtype=torch.float32)
+    train_q, dev_q = data.split("train"), data.split("valid")[: cfg.dev_questions]
+    logs: list[RoundLog] = []
+    agent_cfg = lambda few_shot, temperature: AgentConfig(  # noqa: E731
+        max_hops=cfg.max_hops, k=cfg.k, max_new_tokens=cfg.max_new_tokens, few_shot=few_shot,
+        temperature=temperature)
+    compact = SearchAgent(model, tok, retriever, data, agent_cfg(False, 0.0)).prompt_prefix
+    for r in range(1, cfg.rounds + 1):
+        sampler = copy.deepcopy(model).to(torch.bfloat16).eval()  # generation copy: bf16 is ~2x faster here
+        agent = SearchAgent(sampler, tok, retriever, data, agent_cfg(r == 1, cfg.temperature))
+        t0 = time.perf_counter()
+        samples = e_step(agent, random.sample(train_q, min(cfg.questions, len(train_q))), cfg, compact)
+        sample_s = time.perf_counter() - t0
+        del sampler, agent
+        before = weighted_loss(model, tok, samples, cfg.max_len)
+        t0 = time.perf_counter()
+        model = m_step(model, tok, samples, cfg)
+        train_s = time.perf_counter() - t0
+        after = weighted_loss(model, tok, samples, cfg.max_len)
+        groups = [samples[i:i + cfg.samples] for i in range(0, len(samples), cfg.samples)]
+        log = RoundLog(r, len(groups), len(samples), float(np.mean([math.exp(s.logp_answer) for s in samples])),
+                       float(np.mean([1 / sum(s.weight ** 2 for s in g) for g in groups])), before, after,
+                       sample_s=sample_s, train_s=train_s,
+                       extra={"mean_hops": float(np.mean([s.hops for s in samples]))})
+        save = out / f"round-{r}"
+        copy.deepcopy(model).to(torch.bfloat16).save_pretrained(save)
+        tok.save_pretrained(save)
+        if dev_q:
+            dev_agent = SearchAgent(copy.deepcopy(model).to(torch.bfloat16).eval(), tok, retriever, data,
+                                    agent_cfg(False, 0.0))
+            log.dev_em = exact_match(dev_agent, dev_q, cfg.max_hops)
+        logs.append(log)
+        print(f"round {r}: mean p(gold|z) {log.mean_p_gold:.3f}  ESS {log.mean_ess:.2f}/{cfg.samples}  "
+              f"weighted loss {before:.3f} -> {after:.3f}  dev EM {log.dev_em}", flush=True)
+        (save / "em_round.json").write_text(json.dumps(asdict(log), indent=2) + "\n")
+    write_meta(out, backend="agent", model=f"round-{cfg.rounds}", few_shot=False, max_hops=cfg.max_hops, k=cfg.k,
+               rounds=cfg.rounds, em=asdict(cfg), log=[asdict(x) for x in logs], retriever="bm25",
+               data=str(data_dir))
+    return logs
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("artifacts/v1/agent"))
+    p.add_argument("--data", type=Path, default=Path("data/strategyqa"))
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
+    p.add_argument("--lm", default=None, help="local HF causal-LM directory (default: the prepared SmolLM2-135M)")
+    add_config_args(p, EMConfig)
+    a = p.parse_args(argv)
+    train(a.out, config_from_args(EMConfig, a), a.data, a.artifacts, a.lm)
+
+
+if __name__ == "__main__":
+    main()
