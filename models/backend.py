@@ -52,6 +52,9 @@ class Backend(ABC):
     name: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]]
     cost_rank: ClassVar[int] = 10  # lower is cheaper; the cheapest backend of a task is the fallback
+    # True: the backend can stop between steps (denoising steps, beam levels): its _answer(requests, deadline)
+    # gets the deadline and checks it (check_deadline); the others get _answer(requests) and always finish
+    interruptible: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.ms_per_request: float = 0.0  # measured at warm-up
@@ -62,16 +65,20 @@ class Backend(ABC):
         ...
 
     @abstractmethod
-    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
-        ...
+    def _answer(self, requests: list[Request]) -> list[list[Hit]]:
+        """The hits of each request (an interruptible backend's takes a second argument: the deadline)."""
+
+    def _run(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+        return self._answer(requests, deadline) if self.interruptible else self._answer(requests)
 
     def config(self, request: Request) -> dict:
         return {}
 
     def answer(self, requests: list[Request], deadline: float | None = None) -> list[Answer]:
-        """Answer a batch; deadline is an absolute time.monotonic() value (None: no deadline)."""
+        """Answer a batch; deadline is an absolute time.monotonic() value (None: no deadline), which an
+        interruptible backend may give up at (DeadlineExceeded); the others ignore it."""
         t0 = time.perf_counter()
-        hits = self._answer(requests, deadline)
+        hits = self._run(requests, deadline)
         took = (time.perf_counter() - t0) * 1000 / max(1, len(requests))
         return [Answer(h, self.name, self.config(r), took) for h, r in zip(hits, requests)]
 
@@ -88,7 +95,7 @@ class Backend(ABC):
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            self._answer([request], None)
+            self._run([request], None)
             times.append((time.perf_counter() - t0) * 1000)
         self.ms_per_request = sorted(times)[len(times) // 2]
         return self.ms_per_request

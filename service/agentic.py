@@ -12,7 +12,6 @@ for the question, degraded, and says so. One generation runs at a time (the LM u
 """
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -23,16 +22,9 @@ import structlog
 from models.artifacts import read_meta
 from models.backend import Request
 from models.exsearch.loop import AgentConfig, SearchAgent, Trace
+from models.exsearch.loop import looks_like_question as looks_like_question  # the gateway's mode=auto rule
 
 log = structlog.get_logger("unisr.agentic")
-
-_QUESTION = re.compile(r"^\s*(is|are|was|were|do|does|did|can|could|would|will|should|has|have|had|who|what|when|"
-                       r"where|which|why|how)\b", re.I)
-
-
-def looks_like_question(q: str) -> bool:
-    """The gateway rule for mode=auto: a question (ends with '?' or starts like one) goes to the agent."""
-    return q.strip().endswith("?") or bool(_QUESTION.match(q))
 
 
 @dataclass

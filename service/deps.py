@@ -1,11 +1,16 @@
 """Dependencies shared by the routers: the engine, catalog, cache, event store and settings live on app.state.
 
 A request takes the engine once (here) and uses that object throughout, so a hot reload that swaps
-app.state.engine never changes the engine under a running request."""
+app.state.engine never changes the engine under a running request.
+
+Routers take them as typed dependencies (`engine: EngineDep`), as FastAPI's full-stack template's api/deps.py does."""
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
 
+from fastapi import Depends, Request
+
+from service.agentic import AgentService
 from service.engine import Engine
 from service.settings import Settings
 from service.stores.cache import LRUCache, RedisCache
@@ -33,9 +38,17 @@ def get_events(request: Request) -> EventStore:
     return request.app.state.events
 
 
-def get_agent(request: Request):
+def get_agent(request: Request) -> AgentService | None:
     """The agentic-search service, or None when no agent model could be loaded."""
     return getattr(request.app.state, "agent", None)
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+CacheDep = Annotated[LRUCache | RedisCache, Depends(get_cache)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EventsDep = Annotated[EventStore, Depends(get_events)]
+AgentDep = Annotated[AgentService | None, Depends(get_agent)]
 
 
 def user_history(catalog: Catalog, events, user_id: str | None) -> list[str]:

@@ -24,6 +24,13 @@ def clean_query(q: str, settings: Settings) -> str:
     return q
 
 
+def check_k(k: int, settings: Settings) -> int:
+    """k within the configured limit (UNISR_MAX_K); the schema's own bound (schemas.MAX_K) is the most it may be."""
+    if k > settings.max_k:
+        raise HTTPException(422, f"k is {k}; the limit is {settings.max_k} (UNISR_MAX_K)")
+    return k
+
+
 async def ranked(endpoint: str, request: Request, backend: str | None, budget_ms: float | None, *, engine: Engine,
                  catalog, cache, settings: Settings, cache_params: dict, cold_start: bool = False) -> RankedResponse:
     t0 = time.perf_counter()

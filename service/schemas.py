@@ -5,6 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.settings import Settings
+
+MAX_K = Settings.model_fields["max_k"].default  # the documented bound of k; UNISR_MAX_K may lower it
+
 
 class ResultItem(BaseModel):
     id: str
@@ -32,7 +36,7 @@ class RecommendBody(BaseModel):
     user_id: str | None = Field(None, max_length=128)
     history: list[str] = Field(default_factory=list, max_length=1000,
                                description="item ids the user interacted with, oldest first")
-    k: int = Field(10, ge=1, le=100)
+    k: int = Field(10, ge=1, le=MAX_K)
     latency_budget_ms: float | None = Field(None, gt=0, le=60_000)
     backend: str | None = None
 

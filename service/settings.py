@@ -14,7 +14,7 @@ class Settings(RuntimeSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     default_latency_budget_ms: int = Field(500, ge=1, le=60_000)
-    max_k: int = Field(100, ge=1)
+    max_k: int = Field(100, ge=1, le=100)  # the API documents k <= 100 (service/schemas.py); lower is allowed
     max_query_chars: int = Field(512, ge=1, le=512)  # the API documents 512 (service/ranked.py); lower is allowed
     default_backends: dict[str, str] = {"search": "bm25", "recommend": "sasrec", "retrieve": "dense"}
     redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0 ; unset: in-process LRU cache

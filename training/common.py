@@ -1,22 +1,60 @@
-"""Command-line helpers shared by the trainers: a config dataclass as --options, and the torch thread count."""
+"""Command-line helpers shared by the training and evaluation entry points: a config dataclass as --options (the
+dataclass is the one place its defaults live), and the torch thread count.
+
+Importing `training` already set OMP_WAIT_POLICY=PASSIVE (training/__init__.py), before torch loads."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import types
+import typing
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One --option per field of the dataclass cls (int/float/str defaults), named with dashes."""
+def _option_type(f: dataclasses.Field, hints: dict):
+    """The argparse type of a field: its annotation's scalar type (`int | None` -> int), else its default's."""
+    hint = hints.get(f.name, type(f.default))
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        return lambda s: s.lower() in ("1", "true", "yes", "on")
+    return hint
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, names: tuple[str, ...] | None = None) -> None:
+    """One --option per field of the dataclass cls (or of its fields in `names`), named with dashes, default the
+    field's own default."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; "
-                        "1 decodes fastest on a busy CPU)")
+        if names is None or f.name in names:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=_option_type(f, hints), default=f.default)
+
+
+def config_values(cls, args: argparse.Namespace, names: tuple[str, ...] | None = None) -> dict:
+    """{field: parsed value} for the fields add_config_args added."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if names is None or f.name in names}
 
 
 def config_from_args(cls, args: argparse.Namespace):
-    """The dataclass built from the parsed options; sets torch's thread count when --threads was given."""
-    if args.threads:
-        import torch
+    """The dataclass built from the parsed options."""
+    return cls(**config_values(cls, args))
 
-        torch.set_num_threads(args.threads)
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def add_threads_arg(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """--threads: torch's intra-op thread count (default: the cores this process may use)."""
+    parser.add_argument("--threads", type=int, default=default or cores(),
+                        help="torch threads (default: the available cores, %(default)s; 1 decodes fastest on a busy "
+                             "CPU)")
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's thread count explicitly (every entry point does, from --threads)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()

@@ -12,7 +12,8 @@ DiffuGR objective: per example draw the masking level m ~ U{1..L}, mask m random
 recover them: loss = (1/m) * sum of the cross-entropies at the masked positions, i.e. the 1/t-weighted
 masked-diffusion ELBO with t = m/L (MDLM, LLaDA). AR objective: next-token cross-entropy.
 Validation Recall@10 on the valid queries (full steps, beam 10) every `--eval-every` epochs; the best
-checkpoint is kept in --out, the last one in --out/last (resumed from when present).
+checkpoint is kept in --out, the last one in --out/last (resumed from when present). Hyperparameters: TrainConfig
+below (the CLI's options and defaults are its fields).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import json
 import random
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,21 @@ from models.diffugr.backend import ARDocIDBackend, DiffuGRBackend
 from models.diffugr.network import MASKED, DocIDDecoder, DocIDDecoderConfig
 from models.docids import DocIDs
 from models.encoders.sentence import encode_tokens
+from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
+from training.eval.metrics import ranking
+
+
+@dataclass
+class TrainConfig:
+    """DocID decoder training (DiffuGR and the AR baseline): the one place these defaults live."""
+
+    epochs: int = 30  # `make artifacts` (the published figures); CI passes 15 (DOCID_EPOCHS=15)
+    batch_size: int = 128
+    lr: float = 1e-3
+    d_model: int = DocIDDecoderConfig.d_model  # the network's shape defaults are DocIDDecoderConfig's
+    n_layers: int = DocIDDecoderConfig.n_layers
+    eval_every: int = 5  # validation Recall@10 every N epochs
+    seed: int = 0
 
 
 def masked_diffusion_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> torch.Tensor:
@@ -66,21 +83,24 @@ def encoded_texts(texts: list[str], cache_dir: Path) -> tuple[torch.Tensor, torc
 
 
 def recall_at_10(backend, queries: dict[str, str], qrels: dict[str, dict[str, int]], batch: int = 32) -> float:
+    """Recall@10 (training.eval.metrics) of the decoder's top 10 (all steps, beam 10) for each query."""
     qids = list(queries)
-    total = 0.0
+    ranked = {}
     for b in range(0, len(qids), batch):
         chunk = qids[b:b + batch]
         decoded = backend.decode([queries[q] for q in chunk], backend.length, 10)
         for q, rows in zip(chunk, decoded):
-            found = {backend.docids.ids[r] for r, _ in rows[:10]}
-            total += len(found & set(qrels[q])) / len(qrels[q])
-    return total / max(1, len(qids))
+            ranked[q] = [backend.docids.ids[r] for r, _ in rows[:10]]
+    return ranking({q: qrels[q] for q in qids}, ranked, ["recall@10"])["recall@10"]
 
 
-def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", epochs: int = 40,
-          batch_size: int = 128, lr: float = 1e-3, d_model: int = 256, n_layers: int = 4, eval_every: int = 5,
-          seed: int = 0, max_docs: int | None = None, max_valid: int | None = None) -> dict:
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", cfg: TrainConfig | None = None, *,
+          max_docs: int | None = None, max_valid: int | None = None, **overrides) -> dict:
+    """Train with cfg (default TrainConfig()), fields overridden by keyword (`train(..., epochs=3)`); max_docs and
+    max_valid keep the first N documents and validation queries (tests)."""
+    cfg = replace(cfg or TrainConfig(), **overrides)
+    epochs, batch_size, lr, d_model, eval_every = cfg.epochs, cfg.batch_size, cfg.lr, cfg.d_model, cfg.eval_every
+    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     data = load_retrieval(data_dir)
     docids = DocIDs.load(docids_dir)
     row = {d: n for n, d in enumerate(docids.ids)}
@@ -97,9 +117,9 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
     for n, q in enumerate(train_q, start=len(doc_rows)):  # retrieval: query -> DocID of each relevant doc
         examples += [(n, row[d]) for d in data.qrels["train"][q] if row.get(d) in keep]
     codes = torch.from_numpy(docids.codes)
-    cfg = DocIDDecoderConfig(length=docids.length, vocab=docids.vocab, causal=mode == "ar", d_model=d_model,
-                             n_layers=n_layers, n_heads=max(1, d_model // 64))
-    model = DocIDDecoder(cfg)
+    net = DocIDDecoderConfig(length=docids.length, vocab=docids.vocab, causal=mode == "ar", d_model=d_model,
+                             n_layers=cfg.n_layers, n_heads=max(1, d_model // 64))
+    model = DocIDDecoder(net)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     state = {"epoch": 0, "best_recall10": -1.0, "best_epoch": 0, "history": [], "mode": mode}
     last = out / "last"
@@ -152,19 +172,13 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=Path("data/strategyqa-facts"))
     p.add_argument("--docids", type=Path, default=Path("artifacts/v1/retrieve/docids"))
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_config_args(p, TrainConfig)
+    add_threads_arg(p)
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     out = a.out or Path("artifacts/v1/retrieve") / ("diffugr" if a.mode == "diffusion" else "ar")
     t0 = time.time()
-    s = train(a.data, a.docids, out, a.mode, a.epochs, a.batch_size, a.lr, a.d_model, a.layers, a.eval_every)
+    s = train(a.data, a.docids, out, a.mode, config_from_args(TrainConfig, a))
     print(f"best valid Recall@10 {s['best_recall10']:.4f} at epoch {s['best_epoch']} ({time.time() - t0:.0f}s)")
 
 

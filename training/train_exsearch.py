@@ -40,7 +40,8 @@ from models.artifacts import write_meta
 from models.causal_lm import load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
-from training.common import add_config_args, config_from_args
+from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
+from training.eval.metrics import exact_match
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -198,11 +199,12 @@ def m_step(model, tok, samples: list[Sample], cfg: EMConfig):
     return peft_model.merge_and_unload().eval()
 
 
-def exact_match(agent: SearchAgent, questions: list[dict], max_hops: int) -> float:
+def dev_exact_match(agent: SearchAgent, questions: list[dict], max_hops: int) -> float:
+    """Mean EM (training.eval.metrics, as training.eval.agent reports it) of the agent's answers."""
     if not questions:
         return float("nan")
-    hits = [agent.run(q["question"], max_hops=max_hops).answer == q["answer"] for q in questions]
-    return float(np.mean(hits))
+    return float(np.mean([exact_match(agent.run(q["question"], max_hops=max_hops).answer, q["answer"])
+                          for q in questions]))
 
 
 # ------------------------------------------------------------------ the loop
@@ -241,7 +243,7 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
         if dev_q:
             dev_agent = SearchAgent(copy.deepcopy(model).to(torch.bfloat16).eval(), tok, retriever, data,
                                     agent_cfg(False, 0.0))
-            log.dev_em = exact_match(dev_agent, dev_q, cfg.max_hops)
+            log.dev_em = dev_exact_match(dev_agent, dev_q, cfg.max_hops)
         logs.append(log)
         print(f"round {r}: mean p(gold|z) {log.mean_p_gold:.3f}  ESS {log.mean_ess:.2f}/{cfg.samples}  "
               f"weighted loss {before:.3f} -> {after:.3f}  dev EM {log.dev_em}", flush=True)
@@ -259,7 +261,9 @@ def main(argv=None) -> None:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
     p.add_argument("--lm", default=None, help="local HF causal-LM directory (default: the prepared SmolLM2-135M)")
     add_config_args(p, EMConfig)
+    add_threads_arg(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     train(a.out, config_from_args(EMConfig, a), a.data, a.artifacts, a.lm)
 
 

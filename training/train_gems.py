@@ -47,11 +47,13 @@ from models.docids import DocIDs
 from models.gems import subspaces as gems
 from models.gems.item_ids import ItemVocab, add_item_tokens, beam_search, recommend_prompt, search_prompt
 from models.registry import load_backend
-from training.common import add_config_args, config_from_args
+from training.common import add_config_args, add_threads_arg, config_from_args, config_values, set_threads
+from training.eval.metrics import single_target
 
 TASKS = ("search", "recommend")
 VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(variant="single", null_space=False),
             "gems-nonull": dict(variant="gems", null_space=False), "gems": dict(variant="gems", null_space=True)}
+ADAPTER_OPTIONS = ("top_layers", "rank", "null_energy")  # GEMSConfig fields the CLI sets (defaults: GEMSConfig's)
 
 
 @dataclass
@@ -159,16 +161,13 @@ def top_loss(model, enc: Encoded, idx: list[int], n_lower: int, item_head: torch
 
 
 # ------------------------------------------------------------------ evaluation
+REPORTED = {"hr@5": "hit_rate@5", "hr@10": "hit_rate@10", "ndcg@10": "ndcg@10"}  # report key -> ranx metric
+
+
 def rank_metrics(ranked: list[list[str]], targets: list[str]) -> dict[str, float]:
-    hr5 = hr10 = ndcg = 0.0
-    for items, t in zip(ranked, targets):
-        if t in items[:10]:
-            r = items.index(t)
-            hr10 += 1
-            hr5 += r < 5
-            ndcg += 1 / math.log2(r + 2)
-    n = max(1, len(targets))
-    return {"hr@5": hr5 / n, "hr@10": hr10 / n, "ndcg@10": ndcg / n}
+    """HR@5, HR@10, NDCG@10 (training.eval.metrics) of ranked item lists, one target item each."""
+    scores = single_target(ranked, targets, list(REPORTED.values()))
+    return {key: scores[m] for key, m in REPORTED.items()}
 
 
 def evaluate_llm(model, tok, vocab, item_head, test: dict[str, list], beam: int, batch: int = 16) -> dict:
@@ -391,13 +390,13 @@ def main(argv=None) -> None:
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--lm", default=None)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--top-layers", type=int, default=4)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--null-energy", type=float, default=0.9)
+    add_config_args(p, gems.GEMSConfig, ADAPTER_OPTIONS)
     add_config_args(p, TrainConfig)
+    add_threads_arg(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     run(a.out, a.artifacts, a.data, a.variants.split(","), config_from_args(TrainConfig, a), a.lm, a.results,
-        {"top_layers": a.top_layers, "rank": a.rank, "null_energy": a.null_energy})
+        config_values(gems.GEMSConfig, a, ADAPTER_OPTIONS))
 
 
 if __name__ == "__main__":

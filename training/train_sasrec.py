@@ -1,8 +1,9 @@
 """Train the SASRec next-item model on the train split; keep the checkpoint with the best valid HR@10.
 
-    python -m training.train_sasrec --data data/ml100k --out artifacts/v1/recommend/sasrec [--epochs 200]
+    python -m training.train_sasrec --data data/ml100k --out artifacts/v1/recommend/sasrec [--epochs 80]
 
-Resumes from <out>/last/ when it exists (model, optimiser, epoch, best score).
+Hyperparameters: TrainConfig below (the CLI's options and defaults are its fields). Resumes from <out>/last/ when
+it exists (model, optimiser, epoch, best score).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import json
 import random
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +22,41 @@ from indexing.data.recsys import load_recsys
 from models.artifacts import write_meta
 from models.backend import Request
 from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left
+from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
+from training.eval.metrics import single_target
+
+
+@dataclass
+class TrainConfig:
+    """SASRec training: the one place these defaults live (`make artifacts` trains with them)."""
+
+    epochs: int = 80
+    batch_size: int = 128
+    lr: float = 1e-3
+    d_model: int = SASRecConfig.d_model  # the network's shape defaults are SASRecConfig's
+    n_layers: int = SASRecConfig.n_layers
+    max_len: int = SASRecConfig.max_len
+    eval_every: int = 5  # validation HR@10 every N epochs
+    patience: int = 4  # early stop after this many evaluations without a better HR@10
+    seed: int = 0
 
 
 def hit_rate(backend: SASRecBackend, examples, k: int = 10) -> float:
+    """HR@k (training.eval.metrics) of the backend's answers to the examples' histories."""
     reqs = [Request("recommend", history=e.history, k=k) for e in examples]
-    hits = 0
+    ranked = []
     for start in range(0, len(reqs), 256):
-        batch = reqs[start:start + 256]
-        for e, ans in zip(examples[start:start + 256], backend._answer(batch, None)):
-            hits += any(h.id == e.target for h in ans)
-    return hits / max(1, len(examples))
+        ranked += [[h.id for h in a.hits] for a in backend.answer(reqs[start:start + 256])]
+    return single_target(ranked, [e.target for e in examples], [f"hit_rate@{k}"])[f"hit_rate@{k}"]
 
 
-def train(data_dir: Path, out: Path, epochs: int = 200, batch_size: int = 128, lr: float = 1e-3,
-          d_model: int = 64, n_layers: int = 2, max_len: int = 50, eval_every: int = 5, patience: int = 4,
-          seed: int = 0, max_users: int | None = None) -> dict:
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+def train(data_dir: Path, out: Path, cfg: TrainConfig | None = None, *, max_users: int | None = None,
+          **overrides) -> dict:
+    """Train with cfg (default TrainConfig()), fields overridden by keyword (`train(d, o, epochs=4)`); max_users
+    keeps the first N training users and validation examples (tests)."""
+    cfg = replace(cfg or TrainConfig(), **overrides)
+    epochs, batch_size, lr, max_len, eval_every = cfg.epochs, cfg.batch_size, cfg.lr, cfg.max_len, cfg.eval_every
+    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     data = load_recsys(data_dir)
     ids = sorted(data.items, key=lambda x: (len(x), x))
     index = {i: n + 1 for n, i in enumerate(ids)}
@@ -43,7 +64,7 @@ def train(data_dir: Path, out: Path, epochs: int = 200, batch_size: int = 128, l
     valid = data.examples("valid")
     if max_users:
         train_seqs, valid = train_seqs[:max_users], valid[:max_users]
-    model = SASRec(SASRecConfig(n_items=len(ids), max_len=max_len, d_model=d_model, n_layers=n_layers))
+    model = SASRec(SASRecConfig(n_items=len(ids), max_len=max_len, d_model=cfg.d_model, n_layers=cfg.n_layers))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     state = {"epoch": 0, "best_hr10": -1.0, "best_epoch": 0, "history": []}
     last = out / "last"
@@ -86,7 +107,7 @@ def train(data_dir: Path, out: Path, epochs: int = 200, batch_size: int = 128, l
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", valid_hr10=f"{hr:.4f}", best=f"{state['best_hr10']:.4f}")
             model.save(last, ids, extra=state)
             torch.save(opt.state_dict(), last / "optim.pt")
-            if epoch + 1 - state["best_epoch"] >= patience * eval_every:
+            if epoch + 1 - state["best_epoch"] >= cfg.patience * eval_every:
                 print(f"early stop at epoch {epoch + 1}")
                 break
     write_meta(out, backend="sasrec", data=str(data_dir), best_valid_hr10=state["best_hr10"],
@@ -98,16 +119,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/ml100k"))
     p.add_argument("--out", type=Path, default=Path("artifacts/v1/recommend/sasrec"))
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    add_config_args(p, TrainConfig)
+    add_threads_arg(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     t0 = time.time()
-    s = train(a.data, a.out, a.epochs, a.batch_size, a.lr, a.d_model, a.layers, a.max_len, seed=a.seed)
+    s = train(a.data, a.out, config_from_args(TrainConfig, a))
     print(f"best valid HR@10 {s['best_hr10']:.4f} at epoch {s['best_epoch']} ({time.time() - t0:.0f}s)")
 
 

@@ -45,7 +45,7 @@ class BM25Backend(Backend):
     def config(self, request: Request) -> dict:
         return {"k1": float(self.retriever.k1), "b": float(self.retriever.b)}
 
-    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+    def _answer(self, requests: list[Request]) -> list[list[Hit]]:
         k = min(max(r.k for r in requests), len(self.ids))
         tokens = [t or ["<empty>"] for t in tokenize([r.query for r in requests])]
         docs, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)

@@ -68,7 +68,7 @@ class CooccurrenceBackend(Backend):
         scores[[self.index[i] for i in history if i in self.index]] = -np.inf
         return scores
 
-    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+    def _answer(self, requests: list[Request]) -> list[list[Hit]]:
         out = []
         for r in requests:
             s = self.scores(r.history)

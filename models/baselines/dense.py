@@ -44,7 +44,7 @@ class DenseBackend(Backend):
     def config(self, request: Request) -> dict:
         return {"index": "IndexFlatIP", "encoder": self.encoder or "all-MiniLM-L6-v2"}
 
-    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+    def _answer(self, requests: list[Request]) -> list[list[Hit]]:
         k = min(max(r.k for r in requests), len(self.ids))
         scores, idx = self.index.search(encode([r.query for r in requests], self.encoder), k)
         return [[Hit(self.ids[int(i)], float(s)) for i, s in zip(irow[: r.k], srow[: r.k]) if i >= 0]

@@ -39,5 +39,5 @@ class PopularityBackend(Backend):
                     break
         return out
 
-    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+    def _answer(self, requests: list[Request]) -> list[list[Hit]]:
         return [self.top(r.k, set(r.history)) for r in requests]

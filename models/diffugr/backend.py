@@ -21,6 +21,7 @@ from models.encoders.sentence import encode_tokens
 class GenerativeRetrievalBackend(Backend):
     tasks = ("retrieve",)
     left_to_right = False
+    interruptible = True  # gives up between decoding steps once the deadline passed
 
     def __init__(self, model: DocIDDecoder, docids: DocIDs, beam: int = 10, encoder: str | None = None):
         super().__init__()
@@ -46,20 +47,22 @@ class GenerativeRetrievalBackend(Backend):
                 "order": "left-to-right" if self.left_to_right else "confidence-first", "constrained": True}
 
     @torch.no_grad()
-    def decode(self, queries: list[str], steps: int, beam: int) -> list[list[tuple[int, float]]]:
+    def decode(self, queries: list[str], steps: int, beam: int,
+               deadline: float | None = None) -> list[list[tuple[int, float]]]:
         qs, qm = encode_tokens(queries, self.encoder, self.model.cfg.max_query_tokens)
 
         def logprobs(qidx, tokens):
             idx = torch.from_numpy(qidx)
             return torch.log_softmax(self.model(qs[idx], qm[idx], tokens), dim=-1)
 
-        return beam_decode(logprobs, self.docids.codes, len(queries), steps, beam, self.left_to_right)
+        return beam_decode(logprobs, self.docids.codes, len(queries), steps, beam, self.left_to_right,
+                           deadline=deadline)
 
     def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
         out: list[list[Hit]] = [[] for _ in requests]
         for steps, members in group_requests(requests, self.steps_for).items():
             beam = max(self.beam, max(requests[n].k for n in members))
-            decoded = self.decode([requests[n].query for n in members], steps, beam)
+            decoded = self.decode([requests[n].query for n in members], steps, beam, deadline)
             for n, rows in zip(members, decoded):
                 out[n] = [Hit(self.docids.ids[row], score) for row, score in rows[: requests[n].k]]
         return out

@@ -128,13 +128,21 @@ Answer: no
 
 """
 
-_YES_NO_START = re.compile(r"^\s*(is|are|was|were|do|does|did|can|could|would|will|should|shall|has|have|had|"
-                           r"may|might|must|am)\b", re.I)
+# The one question vocabulary (the agent's yes/no rule here, the gateway's mode=auto routing in service.agentic):
+# an auxiliary verb opens a yes/no question; with the wh-words, a question of any kind.
+_AUXILIARIES = "is|are|was|were|do|does|did|can|could|would|will|should|has|have|had"
+_YES_NO_START = re.compile(rf"^\s*({_AUXILIARIES}|shall|may|might|must|am)\b", re.I)
+_QUESTION_START = re.compile(rf"^\s*({_AUXILIARIES}|who|what|when|where|which|why|how)\b", re.I)
 _YES_NO_WORD = re.compile(r"\b(yes|no|true|false)\b", re.I)
 
 
 def is_yes_no_question(question: str) -> bool:
     return bool(_YES_NO_START.match(question))
+
+
+def looks_like_question(q: str) -> bool:
+    """A question: ends with '?' or starts like one (the gateway sends these to the agent under mode=auto)."""
+    return q.strip().endswith("?") or bool(_QUESTION_START.match(q))
 
 
 def normalize_yes_no(answer: str) -> str | None:

@@ -67,18 +67,21 @@ class GEMSModel:
                 _SHARED[directory, engine] = cls(directory, engine=engine)
             return _SHARED[directory, engine]
 
-    def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None):
+    def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None,
+                 deadline: float | None = None):
         if self.engine is not None:
-            return self.engine.generate(task, prompts, beam, k, exclude)
+            return self.engine.generate(task, prompts, beam, k, exclude, deadline)
         with self.lock:
             gems.set_task(self.model, task)
-            return beam_search(self.model, self.tok, self.vocab, self.item_head, prompts, beam, k, exclude)
+            return beam_search(self.model, self.tok, self.vocab, self.item_head, prompts, beam, k, exclude,
+                               deadline)
 
 
 class GEMSBackend(Backend):
     name = "gems"
     tasks = ("search", "recommend")
     cost_rank = 5
+    interruptible = True  # gives up between beam levels once the deadline passed
 
     def __init__(self, shared: GEMSModel, task: str):
         super().__init__()
@@ -111,7 +114,7 @@ class GEMSBackend(Backend):
             reqs = [requests[n] for n in members]
             exclude = [set(r.history) for r in reqs] if self.task == "recommend" else None
             res = self.shared.generate(self.task, [self.prompt(r) for r in reqs], beam, max(r.k for r in reqs),
-                                       exclude)
+                                       exclude, deadline)
             for n, r, items in zip(members, reqs, res):
                 out[n] = [Hit(i, s) for i, s in items[:r.k]]
         return out

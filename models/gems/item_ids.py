@@ -1,5 +1,5 @@
 """Items as semantic-ID token sequences in a causal LM's vocabulary, the search / recommendation prompts that
-share one backbone, and constrained beam search that can only produce real items.
+share one backbone, and constrained beam search (models.beam) that can only produce real items.
 
 An item's semantic ID is its hierarchical code (indexing.docids on the item's MiniLM embedding): L tokens
 <item_l_c>, one per level. The tokens are added to the tokenizer; their input embeddings start as the mean
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.beam import beam_decode
+from models.diffugr.network import MASKED
 from models.docids import DocIDs
 
 SEARCH_TEMPLATE = "Search: {query}\nItem:"
@@ -100,54 +102,55 @@ def recommend_prompt(vocab: ItemVocab, history: list[str], max_items: int = 10) 
 
 @torch.no_grad()
 def beam_search(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor, prompts: list[str], beam: int,
-                k: int, exclude: list[set[str]] | None = None) -> list[list[tuple[str, float]]]:
-    """Constrained beam search over item IDs for a batch of prompts (left-padded, KV cache). Every level only
-    allows codes some item continues the prefix with; returns per prompt up to k (item id, log-prob)."""
-    L, V = vocab.length, vocab.vocab
-    children = vocab.children
+                k: int, exclude: list[set[str]] | None = None,
+                deadline: float | None = None) -> list[list[tuple[str, float]]]:
+    """Constrained beam search over item IDs for a batch of prompts: models.beam.beam_decode, left to right, each
+    level's log-probabilities renormalised over the codes some item continues the prefix with. The LM runs
+    left-padded with a KV cache: the prompts once, then one token per live beam and level. With `exclude`, the
+    beam is 4x wider (room for excluded items); returns per prompt up to k (item id, log-prob), best first."""
+    V = vocab.vocab
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    att = enc["attention_mask"]
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    out = model.model(input_ids=enc["input_ids"], attention_mask=att, position_ids=pos, use_cache=True)
-    cache, h = out.cache, out.last_hidden_state[:, -1]
-    Q = len(prompts)
-    beams: list[list[tuple[tuple[int, ...], float]]] = [[((), 0.0)] for _ in range(Q)]
-    width = beam * 4 if exclude else beam  # room for excluded items
-    for level in range(L):
-        head = item_head[level * V:(level + 1) * V].to(h.dtype)
-        logits = (h @ head.T).float()  # (rows, V)
-        new_beams, new_rows, feed = [], [], []
-        r = 0
-        for q in range(Q):
-            cands = []
-            for prefix, score in beams[q]:
-                allowed = children[prefix]
-                lp = torch.log_softmax(logits[r, allowed], dim=-1)
-                cands += [(prefix + (int(c),), score + float(v), r) for c, v in zip(allowed, lp)]
-                r += 1
-            cands.sort(key=lambda x: -x[1])
-            keep = cands[:width]
-            new_beams.append([(p, s) for p, s, _ in keep])
-            new_rows += [row for _, _, row in keep]
-            feed += [vocab.first_token + level * V + p[-1] for p, _, _ in keep]
-        beams = new_beams
-        if level == L - 1:
-            break
-        idx = torch.tensor(new_rows)
-        cache.reorder_cache(idx)
-        att = torch.cat([att[idx], torch.ones(len(idx), 1, dtype=att.dtype)], dim=1)
-        pos = pos[idx, -1:] + 1
-        out = model.model(input_ids=torch.tensor(feed)[:, None], attention_mask=att, position_ids=pos,
-                          cache=cache, use_cache=True)
-        cache, h = out.cache, out.last_hidden_state[:, -1]
-    lookup = vocab.ids.lookup()
-    results = []
-    for q in range(Q):
+    state: dict = {}  # the previous call's KV cache, attention mask, positions, and row of each (query, tokens)
+
+    def logits(qidx: np.ndarray, tokens: torch.Tensor) -> torch.Tensor:
+        level = int((tokens[0] != MASKED).sum())
+        if level == 0:  # one row per query: the prompts
+            idx = torch.from_numpy(qidx)
+            att = enc["attention_mask"][idx]
+            pos = (att.cumsum(-1) - 1).clamp(min=0)
+            out = model.model(input_ids=enc["input_ids"][idx], attention_mask=att, position_ids=pos, use_cache=True)
+        else:  # each row extends its parent's cache by the code it just chose
+            parent = tokens.clone()
+            parent[:, level - 1] = MASKED
+            idx = torch.tensor([state["rows"][int(q), tuple(t.tolist())] for q, t in zip(qidx, parent)])
+            state["cache"].reorder_cache(idx)
+            att = torch.cat([state["att"][idx], torch.ones(len(idx), 1, dtype=state["att"].dtype)], dim=1)
+            pos = state["pos"][idx, -1:] + 1
+            feed = vocab.first_token + (level - 1) * V + tokens[:, level - 1]
+            out = model.model(input_ids=feed[:, None], attention_mask=att, position_ids=pos, cache=state["cache"],
+                              use_cache=True)
+        state.update(cache=out.cache, att=att, pos=pos,
+                     rows={(int(q), tuple(t.tolist())): r for r, (q, t) in enumerate(zip(qidx, tokens))})
+        h = out.last_hidden_state[:, -1]
+        scores = torch.zeros(len(qidx), vocab.length, V)
+        scores[:, level] = (h @ item_head[level * V:(level + 1) * V].to(h.dtype).T).float()
+        return scores
+
+    width = beam * 4 if exclude else beam
+    decoded = beam_decode(logits, vocab.ids.codes, len(prompts), vocab.length, width, left_to_right=True,
+                          renormalise=True, deadline=deadline)
+    return filter_items(vocab, decoded, k, exclude)
+
+
+def filter_items(vocab: ItemVocab, decoded: list[list[tuple[int, float]]], k: int,
+                 exclude: list[set[str]] | None) -> list[list[tuple[str, float]]]:
+    """beam_decode's (row, log-prob) per prompt -> up to k (item id, log-prob), the prompt's excluded items dropped."""
+    out = []
+    for q, rows in enumerate(decoded):
         skip = exclude[q] if exclude else set()
-        items = [(lookup[p], s) for p, s in beams[q] if lookup[p] not in skip]
-        results.append(items[:k])
-    return results
+        out.append([(i, s) for i, s in ((vocab.ids.ids[r], s) for r, s in rows) if i not in skip][:k])
+    return out
 
 
 def _groups(codes: np.ndarray, level: int) -> dict[tuple[int, ...], np.ndarray]:

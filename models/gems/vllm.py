@@ -2,10 +2,10 @@
 
 `export_vllm_base` writes a standalone HF checkpoint of the base LM with the item tokens: their input embeddings
 and, as rows of an untied lm_head, the trained item head, so vLLM's own head scores items. `VLLMItemGenerator`
-runs the same level-by-level constrained beam search as `models.gems.item_ids.beam_search`: each live beam is
-one vLLM request for one token with `allowed_token_ids` = the codes some item continues its prefix with, its
-log-probabilities renormalised over that set (as the CPU path does), with the task's LoRA. vLLM's prefix cache
-shares the prompt across a query's beams.
+runs the same constrained beam search as the CPU path (`models.beam.beam_decode`, left to right, renormalised
+over each prefix's children) with a scoring closure that issues the vLLM requests: each live beam is one vLLM
+request for one token with `allowed_token_ids` = the codes some item continues its prefix with, with the task's
+LoRA. vLLM's prefix cache shares the prompt across a query's beams.
 
     UNISR_GEMS_ENGINE=vllm python -m service      # needs `pip install -e '.[gpu]'` and a GPU
 
@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from models.gems.item_ids import ItemVocab
+from models.beam import beam_decode
+from models.diffugr.network import MASKED
+from models.gems.item_ids import ItemVocab, filter_items
 
 
 def export_vllm_base(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor, directory: Path) -> Path:
@@ -53,35 +56,35 @@ class VLLMItemGenerator:
         self.vocab = vocab
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None):
+    def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None, deadline: float | None = None):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        V = self.vocab.vocab
-        lookup = self.vocab.ids.lookup()
+        V, first = self.vocab.vocab, self.vocab.first_token
         base_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        beams = [[((), 0.0)] for _ in prompts]
-        width = beam * 4 if exclude else beam
-        for level in range(self.vocab.length):
-            reqs, params, owners = [], [], []
-            for q, live in enumerate(beams):
-                for prefix, score in live:
-                    allowed = self.vocab.children[prefix]
-                    toks = [self.vocab.first_token + level * V + int(c) for c in allowed]
-                    prev = [self.vocab.first_token + lv * V + c for lv, c in enumerate(prefix)]
-                    reqs.append(TokensPrompt(prompt_token_ids=base_ids[q] + prev))
-                    params.append(SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=toks,
-                                                 logprobs=len(toks)))
-                    owners.append((q, prefix, score, dict(zip(toks, allowed))))
+
+        def logprobs(qidx: np.ndarray, tokens: torch.Tensor) -> torch.Tensor:
+            """One vLLM request per live beam: its level's allowed item tokens' log-probabilities (the rest -inf;
+            beam_decode renormalises over the allowed ones)."""
+            level = int((tokens[0] != MASKED).sum())
+            reqs, params = [], []
+            for q, t in zip(qidx, tokens.tolist()):
+                prefix = tuple(t[:level])
+                toks = [first + level * V + int(c) for c in self.vocab.children[prefix]]
+                prev = [first + lv * V + c for lv, c in enumerate(prefix)]
+                reqs.append(TokensPrompt(prompt_token_ids=base_ids[q] + prev))
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=toks,
+                                             logprobs=len(toks)))
             outs = self.llm.generate(reqs, params, lora_request=self.loras[task], use_tqdm=False)
-            cands: list[list] = [[] for _ in prompts]
-            for (q, prefix, score, code_of), out in zip(owners, outs):
-                lps = {t: lp.logprob for t, lp in out.outputs[0].logprobs[0].items() if t in code_of}
-                norm = math.log(sum(math.exp(v) for v in lps.values())) if lps else 0.0
-                cands[q] += [(prefix + (int(code_of[t]),), score + v - norm) for t, v in lps.items()]
-            beams = [sorted(c, key=lambda x: -x[1])[:width] for c in cands]
-        out = []
-        for q, live in enumerate(beams):
-            skip = exclude[q] if exclude else set()
-            out.append([(lookup[p], s) for p, s in live if p in lookup and lookup[p] not in skip][:k])
-        return out
+            scores = torch.full((len(qidx), self.vocab.length, V), -math.inf)
+            lo = first + level * V
+            for r, out in enumerate(outs):
+                for t, lp in out.outputs[0].logprobs[0].items():
+                    if lo <= t < lo + V:
+                        scores[r, level, t - lo] = lp.logprob
+            return scores
+
+        width = beam * 4 if exclude else beam
+        decoded = beam_decode(logprobs, self.vocab.ids.codes, len(prompts), self.vocab.length, width,
+                              left_to_right=True, renormalise=True, deadline=deadline)
+        return filter_items(self.vocab, decoded, k, exclude)

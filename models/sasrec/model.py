@@ -103,7 +103,7 @@ class SASRecBackend(Backend):
         c = self.model.cfg
         return {"d_model": c.d_model, "n_layers": c.n_layers, "max_len": c.max_len}
 
-    def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
+    def _answer(self, requests: list[Request]) -> list[list[Hit]]:
         seqs = [[self.index[i] for i in r.history if i in self.index] for r in requests]
         out: list[list[Hit]] = [[] for _ in requests]  # no known history: nothing to say (gateway cold-starts)
         known = [n for n, s in enumerate(seqs) if s]

@@ -8,14 +8,14 @@ import json
 import time
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
 from models.backend import Request
 from service import agentic, metrics
-from service.deps import get_agent, get_cache, get_catalog, get_engine, get_events, get_settings, user_history
-from service.pipeline import MAX_QUERY_CHARS, clean_query, ranked
-from service.schemas import AgenticResponse, RankedResponse
+from service.deps import AgentDep, CacheDep, CatalogDep, EngineDep, EventsDep, SettingsDep, user_history
+from service.pipeline import MAX_QUERY_CHARS, check_k, clean_query, ranked
+from service.schemas import MAX_K, AgenticResponse, RankedResponse
 
 router = APIRouter(tags=["search"])
 
@@ -26,17 +26,18 @@ router = APIRouter(tags=["search"])
 async def search(
     q: str = Query(..., description="the query text (not blank)", min_length=1, max_length=MAX_QUERY_CHARS),
     user_id: str | None = Query(None, max_length=128),
-    k: int = Query(10, ge=1, le=100),
+    k: int = Query(10, ge=1, le=MAX_K, description="results wanted (at most UNISR_MAX_K)"),
     latency_budget_ms: float | None = Query(None, gt=0, le=60_000),
     backend: str | None = Query(None, description="bm25 | dense (default from settings); ranked mode"),
     mode: Literal["ranked", "agentic", "auto"] = Query(
         "ranked", description="ranked: catalogue items; agentic: the EXSEARCH agent answers the question; "
                               "auto: agentic when q is a question"),
     stream: bool = Query(False, description="agentic: server-sent events, one per step, then the answer"),
-    engine=Depends(get_engine), catalog=Depends(get_catalog), cache=Depends(get_cache),
-    settings=Depends(get_settings), events=Depends(get_events), agent=Depends(get_agent),
+    *, engine: EngineDep, catalog: CatalogDep, cache: CacheDep, settings: SettingsDep, events: EventsDep,
+    agent: AgentDep,
 ):
     q = clean_query(q, settings)
+    check_k(k, settings)
     if mode == "agentic" or (mode == "auto" and agentic.looks_like_question(q)):
         return await agentic_search(q, latency_budget_ms, stream, agent, catalog, settings, engine)
     if stream:

@@ -75,7 +75,7 @@ def test_tiny_training_lowers_the_loss(tmp_path, data_dirs, artifacts):
 
 
 def test_trained_diffugr_beats_random_and_steps_help(artifacts, data_dirs):
-    from training.evaluate import run
+    from training.eval.ranking import run
 
     rows = {t: run("retrieve", "diffugr", artifacts, data_dirs, "test", options={"steps": t}) for t in (1, 4)}
     rnd = run("retrieve", "random", artifacts, data_dirs, "test")

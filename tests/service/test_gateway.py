@@ -82,6 +82,31 @@ def test_bad_input_is_a_clear_4xx(client, method, url, params, status, needle):
     assert needle in r.json()["detail"]
 
 
+def _ask(client, method: str, url: str, params: dict, k: int):
+    if method == "get":
+        return client.get(url, params={**params, "k": k})
+    return client.post(url, json={**params, "k": k})
+
+
+@pytest.mark.parametrize("method,url,params", [
+    ("get", "/search", {"q": "war drama"}), ("get", "/retrieve", {"q": "pear"}),
+    ("get", "/recommend", {"user_id": "1"}), ("post", "/recommend", {"history": ["50"]})])
+def test_k_over_max_k_is_a_422_naming_the_limit(client, settings, method, url, params):
+    from service.settings import Settings
+
+    assert Settings.model_fields["max_k"].default == 100  # the schema's bound (le=100), tested above
+    limited = Settings(**{**settings.model_dump(), "max_k": 5}, _env_file=None)
+    saved, client.app.state.settings = client.app.state.settings, limited  # what get_settings hands the routers
+    try:
+        over, ok = _ask(client, method, url, params, 6), _ask(client, method, url, params, 5)
+    finally:
+        client.app.state.settings = saved
+    assert over.status_code == 422, over.text
+    assert "the limit is 5" in over.json()["detail"] and "UNISR_MAX_K" in over.json()["detail"]
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["results"]) == 5
+
+
 def test_malformed_json_body(client):
     r = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["detail"]

@@ -21,7 +21,11 @@ DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 ENTRYPOINT = DEPLOY / "entrypoint.sh"
-GPU_SERVICES = ("vllm", "gateway-gpu")
+MAKEFILE = ROOT / "Makefile"
+GPU_SERVICES = ("gateway-gpu",)
+# the commands of the Makefile's `artifacts` target (with data, lm and the meta.json targets it makes), in order
+ARTIFACT_STEPS = ("indexing.prepare", "indexing.lm prepare", "indexing.build", "training.train_sasrec",
+                  "indexing.docids", "training.train_diffugr")
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +102,15 @@ def test_gpu_profile(compose):
         assert name in services, name
         assert services[name].get("profiles") == ["gpu"], name
         assert _nvidia_reservation(services[name]), f"{name} has no nvidia GPU reservation"
-    assert services["vllm"]["image"].startswith("vllm/vllm-openai")
     gpu_gw = services["gateway-gpu"]
-    assert gpu_gw["environment"]["UNISR_VLLM_URL"] == "http://vllm:8000/v1"
-    assert gpu_gw["build"]["args"]["EXTRAS"] == "gpu"
-    assert "vllm" in _depends_on(gpu_gw) and "redis" in _depends_on(gpu_gw)
+    # GEMS runs on vLLM inside the gateway (models/gems/vllm.py): no separate model server, nothing to call
+    assert gpu_gw["environment"]["UNISR_GEMS_ENGINE"] == "vllm"
+    assert "UNISR_GEMS_ENGINE" not in services["gateway"].get("environment", {})  # the CPU gateway: transformers
+    assert not any("vllm" in str(s.get("image", "")) for s in services.values())
+    extras = gpu_gw["build"]["args"]["EXTRAS"].split(",")
+    assert "gpu" in extras and "lm" in extras  # vllm (and peft, which GEMS loads) in the image
+    assert "redis" in _depends_on(gpu_gw) and "gateway" in _depends_on(gpu_gw)  # gateway builds the artifacts
+    assert set(_depends_on(gpu_gw)) <= set(services)
     assert "/healthz" in _healthcheck_text(gpu_gw)
     # Only the GPU services carry a GPU reservation.
     assert not any(_nvidia_reservation(s) for n, s in services.items() if n not in GPU_SERVICES)
@@ -139,6 +147,25 @@ def test_dockerfile():
                 continue
             assert (ROOT / src).exists(), f"COPY source {src} missing"
     assert "deploy/entrypoint.sh" in text
+    # the default image can run the entrypoint's `indexing.lm prepare` (gguf, accelerate: the lm extra)
+    default_extras = re.search(r'^ARG EXTRAS="?([\w,]*)"?$', text, re.MULTILINE)
+    assert default_extras and "lm" in default_extras.group(1).split(","), "the default image lacks the lm extra"
+
+
+def test_every_unisr_variable_is_a_setting():
+    """No deployment file sets (or reads) an UNISR_* variable that nothing reads: each one is a field of the
+    gateway's Settings (the only reader of UNISR_*; the variable is the prefix + the upper-cased field name)."""
+    from service.settings import Settings
+
+    prefix = Settings.model_config["env_prefix"]
+    fields = {name for name, f in Settings.model_fields.items() if f.validation_alias is None}  # aliases: no prefix
+    used: dict[str, set[str]] = {}
+    for path in (COMPOSE, DOCKERFILE, ENTRYPOINT):
+        for key in re.findall(rf"\b{prefix}[A-Za-z0-9_]+", path.read_text()):
+            used.setdefault(key, set()).add(path.name)
+    assert {"UNISR_REDIS_URL", "UNISR_GEMS_ENGINE", "UNISR_ARTIFACTS_DIR"} <= used.keys()  # the scan sees them
+    unknown = {key: sorted(files) for key, files in used.items() if key[len(prefix):].lower() not in fields}
+    assert not unknown, f"UNISR_* variables no Settings field reads: {unknown}"
 
 
 def test_entrypoint_executable():
@@ -146,8 +173,72 @@ def test_entrypoint_executable():
     assert os.access(ENTRYPOINT, os.X_OK), "deploy/entrypoint.sh is not executable"
     text = ENTRYPOINT.read_text()
     assert "recommend/sasrec/meta.json" in text
-    for step in ("indexing.prepare", "indexing.build", "training.train_sasrec"):
+    for step in ARTIFACT_STEPS:
         assert f"python -m {step}" in text, step
     assert "exec python -m service" in text and "UNISR_HOST=0.0.0.0" in text
     r = subprocess.run(["sh", "-n", str(ENTRYPOINT)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
+
+
+def _entrypoint_calls(tmp_path: Path, **env: str) -> list[str]:
+    """Run deploy/entrypoint.sh with a stand-in `python` that records its arguments; the recorded calls."""
+    bindir, log = tmp_path / "bin", tmp_path / f"calls-{len(list(tmp_path.glob('calls-*')))}.log"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "python").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+    (bindir / "python").chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path), "UNISR_ARTIFACTS_DIR": str(tmp_path / "art"),
+           "UNISR_DATA_DIR": str(tmp_path / "data"), **env}
+    r = subprocess.run(["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    return log.read_text().splitlines()
+
+
+def test_entrypoint_runs_the_artifacts_steps_of_the_makefile_in_order(tmp_path):
+    makefile = MAKEFILE.read_text()
+    for step in ARTIFACT_STEPS:  # the same commands as `make artifacts` runs
+        assert f"python -m {step}" in makefile, step
+    calls = _entrypoint_calls(tmp_path)
+    assert [c.split(" --")[0] for c in calls] == [f"-m {s}" for s in ARTIFACT_STEPS] + ["-m service"], calls
+    art, data = tmp_path / "art", tmp_path / "data"
+    sasrec, diffugr = calls[ARTIFACT_STEPS.index("training.train_sasrec")], calls[-2]
+    assert f"--data {data}/ml100k" in sasrec and f"--out {art}/recommend/sasrec" in sasrec
+    assert "--mode diffusion" in diffugr and f"--docids {art}/retrieve/docids" in diffugr
+    assert f"--out {art}/retrieve/diffugr" in diffugr
+    # the trainers' own defaults (their config dataclasses) unless the make-style overrides are set
+    assert "--epochs" not in sasrec and "--epochs" not in diffugr
+    over = _entrypoint_calls(tmp_path, SASREC_EPOCHS="7", DOCID_EPOCHS="3")
+    assert over[3].endswith("--epochs 7") and over[5].endswith("--epochs 3"), over
+
+
+def test_entrypoint_skips_what_is_built(tmp_path):
+    art = tmp_path / "art"
+    for d in ("recommend/sasrec", "retrieve/docids", "retrieve/diffugr"):
+        (art / d).mkdir(parents=True)
+        (art / d / "meta.json").write_text("{}")
+    lm = tmp_path / "lm"
+    calls = _entrypoint_calls(tmp_path, UNISR_LM=str(lm))
+    assert calls[1] == f"-m indexing.lm prepare --dest {lm}", calls  # UNISR_LM missing: prepared there
+    lm.mkdir()  # an existing LM directory (prepared, or another model) is never prepared over
+    calls = _entrypoint_calls(tmp_path, UNISR_LM=str(lm))
+    # indexing.prepare and indexing.build skip what exists themselves
+    assert [c.split(" --")[0] for c in calls] == ["-m indexing.prepare", "-m indexing.build", "-m service"], calls
+
+
+def test_makefile_passes_epochs_only_when_set(tmp_path):
+    """The epochs live in the trainers' config dataclasses; make passes SASREC_EPOCHS / DOCID_EPOCHS when given."""
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    targets = ["recommend/sasrec/meta.json", "retrieve/diffugr/meta.json"]
+
+    def dry(*assignments: str) -> str:
+        (tmp_path / "retrieve" / "docids").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "retrieve" / "docids" / "meta.json").write_text("{}")
+        r = subprocess.run(["make", "-n", "-s", f"ART={tmp_path}", *assignments, *(f"{tmp_path}/{t}" for t in targets)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    plain = dry()
+    assert "training.train_sasrec" in plain and "training.train_diffugr" in plain and "--epochs" not in plain
+    given = dry("SASREC_EPOCHS=7", "DOCID_EPOCHS=3")
+    assert "--epochs 7" in given and "--epochs 3" in given

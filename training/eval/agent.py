@@ -5,7 +5,8 @@
 - the untrained loop (the base LM with the worked example),
 - the loop after each EM round (the round-N checkpoints of training.train_exsearch, without the example),
 
-plus the majority-answer floor. One table on stdout, JSON in --out.
+plus the majority-answer floor. One table on stdout, JSON in --out. EM and F1 are training.eval.metrics' (SQuAD
+normalisation, the harness's definition).
 
     python -m training.eval.agent --split test --limit 50
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import time
 from pathlib import Path
 
@@ -27,28 +27,12 @@ from models.artifacts import read_meta
 from models.causal_lm import load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
-
-
-def _tokens(s: str) -> list[str]:
-    s = re.sub(r"\b(a|an|the)\b", " ", re.sub(r"[^\w\s]", " ", s.lower()))
-    return s.split()
-
-
-def f1(pred: str, gold: str) -> float:
-    p, g = _tokens(pred), _tokens(gold)
-    common = sum((collections.Counter(p) & collections.Counter(g)).values())
-    if not p or not g or common == 0:
-        return float(p == g)
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact(pred: str, gold: str) -> float:
-    return float(_tokens(pred) == _tokens(gold))
+from training.common import add_threads_arg, set_threads
+from training.eval.metrics import exact_match, f1
 
 
 def summarise(name: str, preds: list[str], golds: list[str], hops: list[int], ms: list[float]) -> dict:
-    return {"system": name, "n": len(golds), "em": float(np.mean([exact(p, g) for p, g in zip(preds, golds)])),
+    return {"system": name, "n": len(golds), "em": float(np.mean([exact_match(p, g) for p, g in zip(preds, golds)])),
             "f1": float(np.mean([f1(p, g) for p, g in zip(preds, golds)])), "mean_hops": float(np.mean(hops)),
             "latency_mean_ms": float(np.mean(ms)), "latency_p50_ms": float(np.percentile(ms, 50)),
             "yes_rate": float(np.mean([p == "yes" for p in preds]))}
@@ -108,10 +92,9 @@ def main(argv=None) -> None:
     p.add_argument("--max-hops", type=int, default=2)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results"))
-    p.add_argument("--threads", type=int, default=None, help="torch threads (1 decodes fastest on a busy CPU)")
+    add_threads_arg(p)
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
     data = load_multihop(a.data)
     questions = data.split(a.split)[: a.limit or None]
     t0 = time.time()

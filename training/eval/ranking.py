@@ -3,8 +3,8 @@
     python -m training.evaluate --task {search,recommend,retrieve,qa,all} --backend {NAME,all}
                                 [--split test] [--limit N] [--out results/]
 
-Ranking metrics come from ranx (Recall@1/10, MRR@10, NDCG@10, HR@5/10); QA reports EM/F1 (SQuAD
-normalisation). Latency is measured per request at batch 1 on a sample of queries (mean and p99), the
+Ranking metrics (ranx: Recall@1/10, MRR@10, NDCG@10, HR@5/10) and QA's EM/F1 (SQuAD normalisation) come
+from training.eval.metrics. Latency is measured per request at batch 1 on a sample of queries (mean and p99), the
 quality metrics on the whole split in batches. Each (task, backend) result goes to <out>/<task>-<backend>.json.
 """
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
-import string
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,8 +23,10 @@ from rich.table import Table
 from indexing.data import load_multihop, load_recsys, load_retrieval
 from models.backend import Backend, Hit, Request
 from models.registry import backends_for, load_backend
+from training.common import add_threads_arg, set_threads
+from training.eval import metrics
 
-METRICS = ["recall@1", "recall@10", "mrr@10", "ndcg@10", "hit_rate@5", "hit_rate@10"]
+METRICS = metrics.RANKING
 LABELS = {"recall@1": "R@1", "recall@10": "R@10", "mrr@10": "MRR@10", "ndcg@10": "NDCG@10", "hit_rate@5": "HR@5",
           "hit_rate@10": "HR@10", "em": "EM", "f1": "F1"}
 TASKS = ("search", "recommend", "retrieve", "qa")
@@ -46,7 +46,7 @@ class RandomFloor(Backend):
     def load(cls, directory):  # pragma: no cover - never served
         raise NotImplementedError
 
-    def _answer(self, requests, deadline):
+    def _answer(self, requests):
         return [[Hit(i, 1.0 / (n + 1)) for n, i in enumerate(self.rng.sample(self.ids, r.k))] for r in requests]
 
 
@@ -71,13 +71,7 @@ def task_requests(task: str, split: str, data_dirs: dict[str, Path]) -> tuple[li
 
 
 def rank_metrics(qrels: dict, answers: dict[str, list[Hit]]) -> dict[str, float]:
-    from ranx import Qrels, Run, evaluate
-
-    # rank-based scores: ranx must see exactly the backend's order, ties included
-    run = {q: {h.id: float(len(hits) - n) for n, h in enumerate(hits)} or {"__none__": 0.0}
-           for q, hits in answers.items()}
-    scores = evaluate(Qrels.from_dict(qrels), Run.from_dict(run), METRICS, make_comparable=True)
-    return {m: float(scores[m]) for m in METRICS}
+    return metrics.ranking(qrels, {q: [h.id for h in hits] for q, hits in answers.items()}, METRICS)
 
 
 def latency(backend: Backend, requests: list[Request], sample: int = 100) -> dict[str, float]:
@@ -100,33 +94,13 @@ def evaluate_ranking(task: str, backend: Backend, split: str, data_dirs: dict, l
         batch = reqs[b:b + batch_size]
         for r, a in zip(batch, backend.answer(batch)):
             answers[r.options["qid"]] = a.hits
-    metrics = rank_metrics({q: qrels[q] for q in answers}, answers)
+    scores = rank_metrics({q: qrels[q] for q in answers}, answers)
     name = backend.name + (f"@{options['steps']}" if options and "steps" in options else "")
-    return {"task": task, "backend": name, "split": split, "queries": len(reqs), **metrics,
+    return {"task": task, "backend": name, "split": split, "queries": len(reqs), **scores,
             **latency(backend, reqs), "config": backend.config(reqs[0]) if reqs else {}}
 
 
 # ---------------------------------------------------------------- question answering
-def normalize_answer(s: str) -> str:
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def exact_match(pred: str, gold: str) -> float:
-    return float(normalize_answer(pred) == normalize_answer(gold))
-
-
-def f1_score(pred: str, gold: str) -> float:
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    common = sum((Counter(p) & Counter(g)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
 def evaluate_qa(answerer: str, split: str, data_dirs: dict, limit: int | None = None) -> dict:
     """QA baselines without a language model: the majority answer of the train split. The agentic
     backends (EXSEARCH) plug in here with the same metrics."""
@@ -139,8 +113,8 @@ def evaluate_qa(answerer: str, split: str, data_dirs: dict, limit: int | None = 
     preds = [majority for _ in questions]
     ms = (time.perf_counter() - t0) * 1000 / max(1, len(questions))
     return {"task": "qa", "backend": answerer, "split": split, "queries": len(questions),
-            "em": float(np.mean([exact_match(p, q["answer"]) for p, q in zip(preds, questions)])),
-            "f1": float(np.mean([f1_score(p, q["answer"]) for p, q in zip(preds, questions)])),
+            "em": float(np.mean([metrics.exact_match(p, q["answer"]) for p, q in zip(preds, questions)])),
+            "f1": float(np.mean([metrics.f1(p, q["answer"]) for p, q in zip(preds, questions)])),
             "latency_mean_ms": ms, "latency_p99_ms": ms}
 
 
@@ -205,7 +179,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--steps", default=None, help="with --task retrieve --backend diffugr: comma-separated step "
                    "counts, each a row, next to bm25, dense and ar; a PNG plot is written beside the JSON")
+    add_threads_arg(p)
     a = p.parse_args(argv)
+    set_threads(a.threads)
     data_dirs = default_data_dirs(a.data)
     results = []
     if a.steps:
