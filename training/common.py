@@ -58,3 +58,24 @@ def set_threads(threads: int) -> int:
 
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
+
+
+def optimiser_step(opt, loss, clip: float | None = None) -> float:
+    """One update: zero the gradients, backpropagate, clip the gradients' norm to `clip` (None: no clipping),
+    step. Returns the loss value."""
+    import torch
+
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+    opt.step()
+    return loss.item()
+
+
+def close_epoch(state: dict, epoch: int, losses: list[float]) -> dict:
+    """Record a finished epoch (0-based `epoch`) and its mean loss in the resumable training state; returns the
+    epoch's history entry, to which validation figures are added."""
+    state["epoch"] = epoch + 1
+    state["history"].append({"epoch": epoch + 1, "loss": float(sum(losses) / max(1, len(losses)))})
+    return state["history"][-1]

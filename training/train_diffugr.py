@@ -37,7 +37,7 @@ from models.diffugr.backend import ARDocIDBackend, DiffuGRBackend
 from models.diffugr.network import MASKED, DocIDDecoder, DocIDDecoderConfig
 from models.docids import DocIDs
 from models.encoders.sentence import encode_tokens
-from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
+from training.common import add_config_args, add_threads_arg, close_epoch, config_from_args, optimiser_step, set_threads
 from training.eval.metrics import ranking
 
 
@@ -141,17 +141,12 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
             t_idx = torch.tensor([t for t, _ in chunk])
             width = int(masks[t_idx].sum(dim=1).max())  # trim the padding the whole batch shares
             loss = loss_fn(model, states[t_idx, :width].float(), masks[t_idx, :width], codes[[r for _, r in chunk]])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
+            losses.append(optimiser_step(opt, loss, clip=1.0))
+        entry = close_epoch(state, epoch, losses)
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             model.eval()
             r10 = recall_at_10(backend_cls(model, docids), valid_q, data.qrels["valid"])
-            state["history"][-1]["valid_recall10"] = r10
+            entry["valid_recall10"] = r10
             if r10 > state["best_recall10"]:
                 state["best_recall10"], state["best_epoch"] = r10, epoch + 1
                 model.save(out)

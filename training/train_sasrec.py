@@ -22,7 +22,7 @@ from indexing.data.recsys import load_recsys
 from models.artifacts import write_meta
 from models.backend import Request
 from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left
-from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
+from training.common import add_config_args, add_threads_arg, close_epoch, config_from_args, optimiser_step, set_threads
 from training.eval.metrics import single_target
 
 
@@ -91,16 +91,12 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig | None = None, *, max_user
             seq = pad_left([w[:-1] for w in chunk], max_len)
             tgt = pad_left([w[1:] for w in chunk], max_len)
             loss = model.loss(seq, tgt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
+            losses.append(optimiser_step(opt, loss))
+        entry = close_epoch(state, epoch, losses)
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             model.eval()
             hr = hit_rate(SASRecBackend(model, ids), valid)
-            state["history"][-1]["valid_hr10"] = hr
+            entry["valid_hr10"] = hr
             if hr > state["best_hr10"]:
                 state["best_hr10"], state["best_epoch"] = hr, epoch + 1
                 model.save(out, ids)

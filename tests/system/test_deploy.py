@@ -233,8 +233,12 @@ def test_makefile_passes_epochs_only_when_set(tmp_path):
     def dry(*assignments: str) -> str:
         (tmp_path / "retrieve" / "docids").mkdir(parents=True, exist_ok=True)
         (tmp_path / "retrieve" / "docids" / "meta.json").write_text("{}")
+        # a clean make: under `make test DOCID_EPOCHS=15` (CI) the parent's overrides reach a child make through
+        # MAKEFLAGS and the environment
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "SASREC_EPOCHS", "DOCID_EPOCHS")}
         r = subprocess.run(["make", "-n", "-s", f"ART={tmp_path}", *assignments, *(f"{tmp_path}/{t}" for t in targets)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False, env=env)
         assert r.returncode == 0, r.stderr
         return r.stdout
 
