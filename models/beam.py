@@ -51,7 +51,9 @@ class Hyp:
 def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor], codes: np.ndarray,
                 n_queries: int, steps: int, beam: int, left_to_right: bool = False,
                 disambiguation_last: bool = True, renormalise: bool = False,
-                deadline: float | None = None) -> list[list[tuple[int, float]]]:
+                deadline: float | None = None, level_order: bool = False,
+                prior_fn: Callable[[int, np.ndarray], np.ndarray] | None = None,
+                model_weight: float = 1.0) -> list[list[tuple[int, float]]]:
     """logprobs_fn(query_index (H,), tokens (H, L)) -> (H, L, V) log-probabilities (with `renormalise`, any
     scores: only their log-softmax over each position's allowed tokens is used).
 
@@ -59,6 +61,10 @@ def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
     with tokens t extends the previous step's hypothesis of q whose tokens are t with the new positions masked
     (a closure keeping per-row state, e.g. a KV cache, can find its parent row that way).
     codes: (N, L) the valid DocIDs. Returns per query up to `beam` (document row, log-probability), best first.
+
+    level_order: fill positions in ID order (coarse level first) on the `steps` schedule instead of by confidence.
+    prior_fn(query, consistent rows) -> (L, V) scores added, for that hypothesis, to the model's log-probabilities
+    (after `renormalise`) times model_weight, e.g. the geometry prior of models.diffugr.geometry.
     """
     N, L = codes.shape
     every = np.arange(N)
@@ -76,11 +82,14 @@ def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
         for h, lph in zip(hyps, lp):
             cand = codes[h.consistent]  # (n, L)
             masked = np.flatnonzero(h.tokens == MASKED)
-            allowed = {p: np.unique(cand[:, p]) for p in (masked[:n_fill] if left_to_right else masked)}
+            in_order = left_to_right or level_order
+            allowed = {p: np.unique(cand[:, p]) for p in (masked[:n_fill] if in_order else masked)}
             if renormalise:
                 for p, ok in allowed.items():
                     lph[p, ok] = torch.log_softmax(torch.from_numpy(lph[p, ok]), dim=-1).numpy()
-            if left_to_right:
+            if prior_fn is not None:
+                lph = model_weight * lph + prior_fn(h.query, h.consistent)
+            if in_order:
                 fill = masked[:n_fill]
             else:  # confidence of a position: its best allowed token's probability
                 conf = np.array([lph[p, allowed[p]].max() for p in masked])

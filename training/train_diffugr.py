@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from indexing.data import load_retrieval
-from models.artifacts import write_meta
+from models.artifacts import read_meta, write_meta
 from models.diffugr.backend import ARDocIDBackend, DiffuGRBackend
 from models.diffugr.network import MASKED, DocIDDecoder, DocIDDecoderConfig
 from models.docids import DocIDs
@@ -52,6 +52,12 @@ class TrainConfig:
     n_layers: int = DocIDDecoderConfig.n_layers
     eval_every: int = 5  # validation Recall@10 every N epochs
     seed: int = 0
+    # serving DiffuGR with the geometry prior (models.diffugr.geometry; chosen on the valid split, see README):
+    # "geometry" or "none"; the AR baseline is served without it
+    prior: str = "geometry"
+    prior_tau: float = 0.05
+    decoder_weight: float = 0.3
+    prior_beam: int = 50
 
 
 def masked_diffusion_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> torch.Tensor:
@@ -158,7 +164,24 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
     write_meta(out, backend=backend_cls.name, mode=mode, data=str(data_dir), beam=10,
                best_valid_recall10=state["best_recall10"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                examples=len(examples), docids=str(docids_dir))
+    if mode == "diffusion" and cfg.prior == "geometry":
+        attach_prior(out, docids_dir, cfg)
     return state
+
+
+def attach_prior(out: Path, docids_dir: Path, cfg: TrainConfig) -> None:
+    """Serve the checkpoint in `out` with the geometry prior: the documents' embeddings in DocID-row order (the
+    dense index's vectors the DocIDs were built from) go to out/geometry.npy, the prior's settings to meta.json."""
+    dense = docids_dir.parent / "dense"
+    ids = json.loads((dense / "ids.json").read_text())
+    docids = DocIDs.load(out / "docids")
+    if ids != docids.ids:
+        raise ValueError(f"{dense} does not hold the documents of {out / 'docids'} in the same order")
+    np.save(out / "geometry.npy", np.load(dense / "vectors.npy").astype("float32"))
+    meta = read_meta(out)
+    meta.update(beam=cfg.prior_beam, prior={"kind": "geometry", "tau": cfg.prior_tau,
+                                            "decoder_weight": cfg.decoder_weight})
+    write_meta(out, **{k: v for k, v in meta.items() if k != "built_at"})
 
 
 def main(argv=None) -> None:
@@ -169,9 +192,15 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None)
     add_config_args(p, TrainConfig)
     add_threads_arg(p)
+    p.add_argument("--attach-prior-only", action="store_true",
+                   help="no training: serve the existing checkpoint in --out with the geometry prior")
     a = p.parse_args(argv)
     set_threads(a.threads)
     out = a.out or Path("artifacts/v1/retrieve") / ("diffugr" if a.mode == "diffusion" else "ar")
+    if a.attach_prior_only:
+        attach_prior(out, a.docids, config_from_args(TrainConfig, a))
+        print(f"{out}: geometry prior attached")
+        return
     t0 = time.time()
     s = train(a.data, a.docids, out, a.mode, config_from_args(TrainConfig, a))
     print(f"best valid Recall@10 {s['best_recall10']:.4f} at epoch {s['best_epoch']} ({time.time() - t0:.0f}s)")

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.artifacts import read_meta
 from models.backend import Backend, Hit, Request, group_requests
 from models.beam import beam_decode
+from models.diffugr.geometry import geometry_prior
 from models.diffugr.network import DocIDDecoder
 from models.docids import DocIDs
-from models.encoders.sentence import encode_tokens
+from models.encoders.sentence import encode, encode_tokens
 
 
 class GenerativeRetrievalBackend(Backend):
@@ -23,16 +25,22 @@ class GenerativeRetrievalBackend(Backend):
     left_to_right = False
     interruptible = True  # gives up between decoding steps once the deadline passed
 
-    def __init__(self, model: DocIDDecoder, docids: DocIDs, beam: int = 10, encoder: str | None = None):
+    def __init__(self, model: DocIDDecoder, docids: DocIDs, beam: int = 10, encoder: str | None = None,
+                 prior: dict | None = None, vectors: np.ndarray | None = None):
+        """prior: {"kind": "geometry", "tau": ..., "decoder_weight": ...} with `vectors` (N, d) the documents'
+        embeddings in DocID-row order (models.diffugr.geometry); None: the decoder alone."""
         super().__init__()
         self.model, self.docids, self.beam, self.encoder = model.eval(), docids, beam, encoder
+        self.prior, self.vectors = (prior, vectors) if prior and vectors is not None else (None, None)
         self.cost_ms: dict[int, float] = {}  # steps -> measured ms per request (warm-up)
 
     @classmethod
     def load(cls, directory: Path) -> GenerativeRetrievalBackend:
         meta = read_meta(directory) if (directory / "meta.json").exists() else {}
+        prior = meta.get("prior")
+        vectors = np.load(directory / "geometry.npy") if prior and (directory / "geometry.npy").exists() else None
         return cls(DocIDDecoder.from_dir(directory), DocIDs.load(directory / "docids"), meta.get("beam", 10),
-                   meta.get("encoder"))
+                   meta.get("encoder"), prior, vectors)
 
     @property
     def length(self) -> int:
@@ -42,27 +50,48 @@ class GenerativeRetrievalBackend(Backend):
         return self.length if self.left_to_right else max(1, min(int(request.options.get("steps") or self.length),
                                                                  self.length))
 
+    def decoder_weight(self, request: Request) -> float:
+        """The learned decoder's weight beside the geometry prior (request option `decoder_weight`; 0: the
+        geometry alone, the tables' reference row)."""
+        if not self.prior:
+            return 1.0
+        weight = request.options.get("decoder_weight")
+        return float(self.prior.get("decoder_weight", 1.0) if weight is None else weight)
+
     def config(self, request: Request) -> dict:
-        return {"steps": self.steps_for(request), "beam": max(self.beam, request.k), "docid_length": self.length,
-                "order": "left-to-right" if self.left_to_right else "confidence-first", "constrained": True}
+        order = ("left-to-right" if self.left_to_right else "level order, geometry prior" if self.prior
+                 else "confidence-first")
+        cfg = {"steps": self.steps_for(request), "beam": max(self.beam, request.k), "docid_length": self.length,
+               "order": order, "constrained": True}
+        if self.prior:
+            cfg.update(prior=self.prior["kind"], tau=self.prior["tau"], decoder_weight=self.decoder_weight(request))
+        return cfg
 
     @torch.no_grad()
-    def decode(self, queries: list[str], steps: int, beam: int,
-               deadline: float | None = None) -> list[list[tuple[int, float]]]:
+    def decode(self, queries: list[str], steps: int, beam: int, deadline: float | None = None,
+               decoder_weight: float = 1.0) -> list[list[tuple[int, float]]]:
         qs, qm = encode_tokens(queries, self.encoder, self.model.cfg.max_query_tokens)
+        codes = self.docids.codes
 
         def logprobs(qidx, tokens):
             idx = torch.from_numpy(qidx)
+            if self.prior and decoder_weight == 0:  # the geometry alone: the decoder is not run
+                return torch.zeros(len(idx), self.length, self.docids.vocab)
             return torch.log_softmax(self.model(qs[idx], qm[idx], tokens), dim=-1)
 
-        return beam_decode(logprobs, self.docids.codes, len(queries), steps, beam, self.left_to_right,
-                           deadline=deadline)
+        if not self.prior:
+            return beam_decode(logprobs, codes, len(queries), steps, beam, self.left_to_right, deadline=deadline)
+        scores = encode(queries, self.encoder) @ self.vectors.T  # (Q, N)
+        prior = geometry_prior(scores, codes, self.docids.vocab, float(self.prior["tau"]))
+        return beam_decode(logprobs, codes, len(queries), steps, beam, self.left_to_right, renormalise=True,
+                           deadline=deadline, level_order=True, prior_fn=prior, model_weight=decoder_weight)
 
     def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:
         out: list[list[Hit]] = [[] for _ in requests]
-        for steps, members in group_requests(requests, self.steps_for).items():
+        key = lambda r: (self.steps_for(r), self.decoder_weight(r))
+        for (steps, weight), members in group_requests(requests, key).items():
             beam = max(self.beam, max(requests[n].k for n in members))
-            decoded = self.decode([requests[n].query for n in members], steps, beam, deadline)
+            decoded = self.decode([requests[n].query for n in members], steps, beam, deadline, weight)
             for n, rows in zip(members, decoded):
                 out[n] = [Hit(self.docids.ids[row], score) for row, score in rows[: requests[n].k]]
         return out

@@ -95,7 +95,8 @@ def evaluate_ranking(task: str, backend: Backend, split: str, data_dirs: dict, l
         for r, a in zip(batch, backend.answer(batch)):
             answers[r.options["qid"]] = a.hits
     scores = rank_metrics({q: qrels[q] for q in answers}, answers)
-    name = backend.name + (f"@{options['steps']}" if options and "steps" in options else "")
+    name = ("geometry" if options and options.get("decoder_weight") == 0 else backend.name) + (
+        f"@{options['steps']}" if options and "steps" in options else "")
     return {"task": task, "backend": name, "split": split, "queries": len(reqs), **scores,
             **latency(backend, reqs), "config": backend.config(reqs[0]) if reqs else {}}
 
@@ -190,6 +191,9 @@ def main(argv=None) -> list[dict]:
         rows = [run("retrieve", "diffugr", a.artifacts, data_dirs, a.split, a.limit, {"steps": int(t)})
                 for t in a.steps.split(",")]
         reference = []
+        if rows and rows[-1]["config"].get("prior"):  # the geometry prior alone (decoder weight 0): what the
+            reference.append(run("retrieve", "diffugr", a.artifacts, data_dirs, a.split, a.limit,  # decoder adds
+                                 {"steps": rows[-1]["config"]["steps"], "decoder_weight": 0}))
         for name in ("random", "bm25", "dense", "ar"):
             try:
                 reference.append(run("retrieve", name, a.artifacts, data_dirs, a.split, a.limit))
