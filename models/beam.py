@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from models.backend import check_deadline
-from models.diffugr.network import MASKED
+
+MASKED = -1  # a position not decided yet, in the (H, L) token tensors given to a logprobs_fn
 
 
 def schedule(length: int, steps: int) -> list[int]:

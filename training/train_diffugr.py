@@ -33,8 +33,9 @@ from tqdm import tqdm
 
 from indexing.data import load_retrieval
 from models.artifacts import read_meta, write_meta
+from models.beam import MASKED
 from models.diffugr.backend import ARDocIDBackend, DiffuGRBackend
-from models.diffugr.network import MASKED, DocIDDecoder, DocIDDecoderConfig
+from models.diffugr.network import DocIDDecoder, DocIDDecoderConfig
 from models.docids import DocIDs
 from models.encoders.sentence import encode_tokens
 from training.common import add_config_args, add_threads_arg, close_epoch, config_from_args, optimiser_step, set_threads

@@ -21,8 +21,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-MASKED = -1  # a masked DocID position in the token tensors given to forward()
-
 
 @dataclass
 class DocIDDecoderConfig:
@@ -87,7 +85,7 @@ class DocIDDecoder(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(L, V))
 
     def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L) of codes or MASKED -> embedding ids of the decoder input positions."""
+        """tokens (B, L) of codes or models.beam.MASKED (negative) -> embedding ids of the decoder inputs."""
         L, V = self.cfg.length, self.cfg.vocab
         offsets = torch.arange(L, device=tokens.device) * V
         if self.cfg.causal:  # input at p is token p-1 ([BOS] at 0); later tokens are never read

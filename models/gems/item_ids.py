@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.beam import beam_decode
-from models.diffugr.network import MASKED
+from models.beam import MASKED, beam_decode
 from models.docids import DocIDs
 
 SEARCH_TEMPLATE = "Search: {query}\nItem:"

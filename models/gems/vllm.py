@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.beam import beam_decode
-from models.diffugr.network import MASKED
+from models.beam import MASKED, beam_decode
 from models.gems.item_ids import ItemVocab, filter_items
 
 
