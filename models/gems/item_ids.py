@@ -136,15 +136,17 @@ def beam_search(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor, pro
         scores[:, level] = (h @ item_head[level * V:(level + 1) * V].to(h.dtype).T).float()
         return scores
 
+    return decode_items(vocab, logits, len(prompts), beam, k, exclude, deadline)
+
+
+def decode_items(vocab: ItemVocab, logprobs_fn, n_prompts: int, beam: int, k: int,
+                 exclude: list[set[str]] | None = None, deadline: float | None = None) -> list[list[tuple[str, float]]]:
+    """The item-ID beam both GEMS engines run (models.beam.beam_decode, left to right, each level renormalised over
+    the prefix's children) with their own scoring callable. With `exclude` the beam is 4x wider (room for the
+    excluded items); returns per prompt up to k (item id, log-prob), best first, its excluded items dropped."""
     width = beam * 4 if exclude else beam
-    decoded = beam_decode(logits, vocab.ids.codes, len(prompts), vocab.length, width, left_to_right=True,
+    decoded = beam_decode(logprobs_fn, vocab.ids.codes, n_prompts, vocab.length, width, left_to_right=True,
                           renormalise=True, deadline=deadline)
-    return filter_items(vocab, decoded, k, exclude)
-
-
-def filter_items(vocab: ItemVocab, decoded: list[list[tuple[int, float]]], k: int,
-                 exclude: list[set[str]] | None) -> list[list[tuple[str, float]]]:
-    """beam_decode's (row, log-prob) per prompt -> up to k (item id, log-prob), the prompt's excluded items dropped."""
     out = []
     for q, rows in enumerate(decoded):
         skip = exclude[q] if exclude else set()

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.beam import MASKED, beam_decode
-from models.gems.item_ids import ItemVocab, filter_items
+from models.beam import MASKED
+from models.gems.item_ids import ItemVocab, decode_items
 
 
 def export_vllm_base(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor, directory: Path) -> Path:
@@ -83,7 +83,4 @@ class VLLMItemGenerator:
                         scores[r, level, t - lo] = lp.logprob
             return scores
 
-        width = beam * 4 if exclude else beam
-        decoded = beam_decode(logprobs, self.vocab.ids.codes, len(prompts), self.vocab.length, width,
-                              left_to_right=True, renormalise=True, deadline=deadline)
-        return filter_items(self.vocab, decoded, k, exclude)
+        return decode_items(self.vocab, logprobs, len(prompts), beam, k, exclude, deadline)
