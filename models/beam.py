@@ -53,7 +53,7 @@ def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
                 n_queries: int, steps: int, beam: int, left_to_right: bool = False,
                 disambiguation_last: bool = True, renormalise: bool = False,
                 deadline: float | None = None, level_order: bool = False,
-                prior_fn: Callable[[int, np.ndarray], np.ndarray] | None = None,
+                prior_fn: Callable[[int, np.ndarray, list[int]], np.ndarray] | None = None,
                 model_weight: float = 1.0) -> list[list[tuple[int, float]]]:
     """logprobs_fn(query_index (H,), tokens (H, L)) -> (H, L, V) log-probabilities (with `renormalise`, any
     scores: only their log-softmax over each position's allowed tokens is used).
@@ -64,13 +64,15 @@ def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
     codes: (N, L) the valid DocIDs. Returns per query up to `beam` (document row, log-probability), best first.
 
     level_order: fill positions in ID order (coarse level first) on the `steps` schedule instead of by confidence.
-    prior_fn(query, consistent rows) -> (L, V) scores added, for that hypothesis, to the model's log-probabilities
-    (after `renormalise`) times model_weight, e.g. the geometry prior of models.diffugr.geometry.
+    prior_fn(query, consistent rows, positions) -> (L, V) scores of the positions this step may fill, added, for
+    that hypothesis, to the model's log-probabilities (after `renormalise`) times model_weight, e.g. the geometry
+    prior of models.diffugr.geometry.
     """
     N, L = codes.shape
     every = np.arange(N)
     hyps = [Hyp(q, np.full(L, MASKED, dtype=np.int64), every) for q in range(n_queries)]
     plan = [1] * L if left_to_right else schedule(L, steps)
+    in_order = left_to_right or level_order  # fill the next masked positions, not the most confident ones
     for n_fill in plan:
         check_deadline(deadline)
         if not hyps:  # every candidate was impossible
@@ -83,13 +85,12 @@ def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
         for h, lph in zip(hyps, lp):
             cand = codes[h.consistent]  # (n, L)
             masked = np.flatnonzero(h.tokens == MASKED)
-            in_order = left_to_right or level_order
             allowed = {p: np.unique(cand[:, p]) for p in (masked[:n_fill] if in_order else masked)}
             if renormalise:
                 for p, ok in allowed.items():
                     lph[p, ok] = torch.log_softmax(torch.from_numpy(lph[p, ok]), dim=-1).numpy()
             if prior_fn is not None:
-                lph = model_weight * lph + prior_fn(h.query, h.consistent)
+                lph = model_weight * lph + prior_fn(h.query, h.consistent, list(allowed))
             if in_order:
                 fill = masked[:n_fill]
             else:  # confidence of a position: its best allowed token's probability

@@ -17,16 +17,17 @@ import numpy as np
 
 
 def geometry_prior(scores: np.ndarray, codes: np.ndarray, vocab: int, tau: float):
-    """scores: (Q, N) <query, document> for the batch; codes: (N, L). Returns prior_fn(query, consistent) -> (L, V)
-    for models.beam.beam_decode (-inf where no consistent document has the token)."""
+    """scores: (Q, N) <query, document> for the batch; codes: (N, L). Returns prior_fn(query, consistent,
+    positions) -> (L, V) for models.beam.beam_decode: the rows of `positions` scored (-inf where no consistent
+    document has the token), the other rows -inf (the beam does not fill them this step)."""
     L = codes.shape[1]
 
-    def prior(q: int, consistent: np.ndarray) -> np.ndarray:
+    def prior(q: int, consistent: np.ndarray, positions: list[int]) -> np.ndarray:
         s = scores[q, consistent]
         cand = codes[consistent]
         out = np.full((L, vocab), -np.inf, dtype=np.float32)
         base = s.mean()
-        for p in range(L):
+        for p in positions:
             count = np.bincount(cand[:, p], minlength=vocab)
             total = np.bincount(cand[:, p], weights=s, minlength=vocab)
             ok = count > 0

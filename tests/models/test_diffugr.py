@@ -131,10 +131,10 @@ def test_geometry_prior_by_hand():
 
     codes = np.array([[0, 0], [0, 1], [1, 0]])
     prior = geometry_prior(np.array([[0.9, 0.5, 0.1]]), codes, vocab=3, tau=1.0)
-    g = prior(0, np.arange(3))  # base: the mean score 0.5
+    g = prior(0, np.arange(3), [0, 1])  # base: the mean score 0.5
     assert np.allclose(g[0, :2], [0.7 - 0.5, 0.1 - 0.5]) and np.allclose(g[1, :2], [0.5 - 0.5, 0.5 - 0.5])
     assert np.isneginf(g[:, 2]).all()  # no document has token 2
-    g = prior(0, np.array([0, 1]))  # after fixing position 0 to token 0: base 0.7
+    g = prior(0, np.array([0, 1]), [1])  # after fixing position 0 to token 0: base 0.7
     assert np.allclose(g[1, :2], [0.9 - 0.7, 0.5 - 0.7])
 
 
