@@ -15,6 +15,7 @@ from models.settings import runtime_settings, stay_offline
 
 stay_offline()
 
+
 def default_lm_dir() -> Path:
     """The LM loaded by default: UNISR_LM (any local HF causal-LM directory), else the prepared SmolLM2."""
     return runtime_settings().lm_dir
