@@ -4,10 +4,11 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 ART     ?= artifacts/v1
 # Hyperparameters (epochs included) live in the trainers' config dataclasses; SASREC_EPOCHS / DOCID_EPOCHS are
-# passed on only when given (CI: DOCID_EPOCHS=15).
+# passed on only when given (CI: DOCID_EPOCHS=15); ML1M_EPOCHS likewise for SASRec on MovieLens-1M.
 EPOCHS   = $(if $(1),--epochs $(1))
 
-.PHONY: install data lm artifacts agent gems serve test eval eval-diffugr eval-agent bench-docid loadtest lint clean
+.PHONY: install data lm artifacts agent gems ml1m collab-info serve test eval eval-diffugr eval-agent bench-docid \
+        loadtest lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -57,6 +58,20 @@ $(ART)/gems/meta.json:
 
 gems: artifacts
 	$(MAKE) --no-print-directory $(ART)/gems/meta.json
+
+# MovieLens-1M, a second recommendation set: its baselines (popularity, cooc, co-occurrence counts) and SASRec
+# (TrainConfig + the ml1m preset) under artifacts/ml1m
+artifacts/ml1m/recommend/sasrec/meta.json:
+	$(BIN)/python -m training.train_sasrec --dataset ml1m $(call EPOCHS,$(ML1M_EPOCHS))
+
+ml1m: data
+	$(BIN)/python -m indexing.build --dataset ml1m
+	$(MAKE) --no-print-directory artifacts/ml1m/recommend/sasrec/meta.json
+
+# the collaborative-information study on both sets: tables + plots (results/collab_info-<set>.{json,png})
+collab-info: artifacts ml1m
+	$(BIN)/python -m training.collab_info --dataset ml100k --artifacts $(ART)
+	$(BIN)/python -m training.collab_info --dataset ml1m
 
 serve: artifacts agent gems
 	UNISR_ARTIFACTS_DIR=$(ART) $(BIN)/python -m service

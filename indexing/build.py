@@ -1,10 +1,12 @@
 """Build the baseline indexes into a versioned artifacts directory (skips what already exists).
 
     python -m indexing.build [--artifacts artifacts/v1] [--force]
+    python -m indexing.build --dataset ml1m            # the recommendation baselines only, into artifacts/ml1m
 
 search/{bm25,dense}      over the item texts of the search+recommendation set
 retrieve/{bm25,dense}    over the document corpus of the retrieval set
 recommend/{popularity,cooc}  from the training sequences
+recommend/collab         co-occurrence counts behind /recommend?explain=true (models/collab_info.py)
 (recommend/sasrec is trained by `python -m training.train_sasrec`.)
 """
 from __future__ import annotations
@@ -21,7 +23,38 @@ from models.baselines.bm25 import BM25Backend
 from models.baselines.cooccurrence import CooccurrenceBackend
 from models.baselines.dense import DenseBackend
 from models.baselines.popularity import PopularityBackend
+from models.collab_info import CollabInfo
 from models.settings import runtime_settings
+
+
+def recsys_jobs(rec) -> list:
+    return [
+        ("recommend", "popularity", lambda d: PopularityBackend.build(rec.train_sequences(), d)),
+        ("recommend", "cooc", lambda d: CooccurrenceBackend.build(rec.train_sequences(), d)),
+        ("recommend", "collab", lambda d: CollabInfo.build(rec.train_sequences(), d)),
+    ]
+
+
+def run_jobs(artifacts: Path, jobs: list, force: bool) -> list[str]:
+    built = []
+    for task, name, build in jobs:
+        d = artifact_dir(artifacts, task, name)
+        if (d / "meta.json").exists() and not force:
+            continue
+        if d.exists():
+            shutil.rmtree(d)
+        print(f"building {task}/{name} ...", flush=True)
+        build(d)
+        built.append(f"{task}/{name}")
+    return built
+
+
+def build_recsys(artifacts: Path, recsys_dir: Path, force: bool = False) -> list[str]:
+    """The recommendation baselines of one recommendation set (a second set, e.g. ml1m, in its own directory)."""
+    built = run_jobs(artifacts, recsys_jobs(load_recsys(recsys_dir)), force)
+    (artifacts / "datasets.json").write_text(json.dumps({
+        "recsys": {"path": str(recsys_dir), "sha256": read_manifest(recsys_dir)["sha256"]}}, indent=2))
+    return built
 
 
 def build_all(artifacts: Path, recsys_dir: Path, retrieval_dir: Path, force: bool = False,
@@ -36,19 +69,9 @@ def build_all(artifacts: Path, recsys_dir: Path, retrieval_dir: Path, force: boo
         ("search", "dense", lambda d: DenseBackend.build(items, d, encoder)),
         ("retrieve", "bm25", lambda d: BM25Backend.build(docs, d)),
         ("retrieve", "dense", lambda d: DenseBackend.build(docs, d, encoder)),
-        ("recommend", "popularity", lambda d: PopularityBackend.build(rec.train_sequences(), d)),
-        ("recommend", "cooc", lambda d: CooccurrenceBackend.build(rec.train_sequences(), d)),
+        *recsys_jobs(rec),
     ]
-    built = []
-    for task, name, build in jobs:
-        d = artifact_dir(artifacts, task, name)
-        if (d / "meta.json").exists() and not force:
-            continue
-        if d.exists():
-            shutil.rmtree(d)
-        print(f"building {task}/{name} ...", flush=True)
-        build(d)
-        built.append(f"{task}/{name}")
+    built = run_jobs(artifacts, jobs, force)
     artifacts.mkdir(parents=True, exist_ok=True)
     (artifacts / "datasets.json").write_text(json.dumps({
         "recsys": {"path": str(recsys_dir), "sha256": read_manifest(recsys_dir)["sha256"]},
@@ -59,12 +82,17 @@ def build_all(artifacts: Path, recsys_dir: Path, retrieval_dir: Path, force: boo
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
+    p.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/v1, or artifacts/<dataset>")
     p.add_argument("--recsys", type=Path, default=Path("data/ml100k"))
     p.add_argument("--retrieval", type=Path, default=Path("data/strategyqa-facts"))
+    p.add_argument("--dataset", default=None, help="build only the recommendation baselines of data/<dataset>")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
-    built = build_all(a.artifacts, a.recsys, a.retrieval, a.force, runtime_settings().encoder)
+    if a.dataset:
+        built = build_recsys(a.artifacts or Path("artifacts") / a.dataset, a.recsys.parent / a.dataset, a.force)
+    else:
+        built = build_all(a.artifacts or Path("artifacts/v1"), a.recsys, a.retrieval, a.force,
+                          runtime_settings().encoder)
     print("built: " + (", ".join(built) or "nothing (all present)"))
 
 

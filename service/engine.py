@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from models.artifacts import artifact_dir
 from models.backend import TASKS, Answer, Backend, DeadlineExceeded, Request
+from models.collab_info import CollabInfo
 from models.registry import backends_for, load_backend
 from service import metrics
 from service.batcher import Batcher, WouldMissDeadline
@@ -43,9 +45,11 @@ class Outcome:
 
 
 class Engine:
-    def __init__(self, settings: Settings, backends: dict[str, dict[str, Backend]]):
+    def __init__(self, settings: Settings, backends: dict[str, dict[str, Backend]],
+                 collab: CollabInfo | None = None):
         self.settings = settings
         self.backends = backends  # task -> name -> backend
+        self.collab = collab  # co-occurrence counts behind /recommend?explain=true (None: not built)
         self.batchers: dict[tuple[str, str], Batcher] = {
             (task, name): Batcher(task, backend, settings.batch_max_size, settings.batch_max_wait_ms)
             for task, by_name in backends.items() for name, backend in by_name.items()
@@ -63,7 +67,11 @@ class Engine:
                     log.warning("backend_missing", task=task, backend=name, error=str(e))
             if not backends[task]:
                 raise RuntimeError(f"no backend for {task} under {settings.artifacts_dir}; run `make artifacts`")
-        return cls(settings, backends)
+        collab_dir = artifact_dir(settings.artifacts_dir, "recommend", CollabInfo.name)
+        collab = CollabInfo.load(collab_dir) if (collab_dir / "meta.json").exists() else None
+        if collab is None:
+            log.warning("collab_info_missing", path=str(collab_dir), effect="/recommend?explain=true answers 503")
+        return cls(settings, backends, collab)
 
     @classmethod
     def start(cls, settings: Settings, catalog: Catalog) -> Engine:

@@ -15,6 +15,10 @@ class ResultItem(BaseModel):
     title: str
     snippet: str
     score: float
+    collab_info: float | None = Field(None, description="with explain=true (/recommend): the collaborative "
+                                      "information CI(history, item), the mean over the user's history items h of "
+                                      "P(item | h) from training co-occurrence; 0 = no history item ever "
+                                      "co-occurred with it")
 
 
 class RankedResponse(BaseModel):
@@ -39,6 +43,7 @@ class RecommendBody(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     latency_budget_ms: float | None = Field(None, gt=0, le=60_000)
     backend: str | None = None
+    explain: bool = Field(False, description="add each result's collaborative information (collab_info)")
 
 
 class Health(BaseModel):

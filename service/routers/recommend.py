@@ -1,5 +1,6 @@
 """GET /recommend for a known user (history from the interaction log), POST /recommend with an explicit
-history. Users with no known history get a cold-start answer (popular items), never an error."""
+history. Users with no known history get a cold-start answer (popular items), never an error. explain=true adds
+each result's collaborative information (models/collab_info.py)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query
@@ -13,8 +14,26 @@ from service.schemas import MAX_K, RankedResponse, RecommendBody
 router = APIRouter(tags=["recommend"])
 
 
-async def _recommend(user_id, history, k, budget, backend, engine, catalog, cache, settings) -> RankedResponse:
+def collab_counts(engine):
+    """The engine's co-occurrence counts; 503 when they were not built."""
+    if engine.collab is None:
+        raise HTTPException(503, "explain=true needs the co-occurrence counts (recommend/collab under the "
+                                 "artifacts directory): run `python -m indexing.build`")
+    return engine.collab
+
+
+def explained(resp: RankedResponse, history: list[str], engine) -> RankedResponse:
+    """A copy of resp whose results carry CI(history, item)."""
+    scores = collab_counts(engine).scores(history, [r.id for r in resp.results])
+    return resp.model_copy(update={"results": [r.model_copy(update={"collab_info": round(float(s), 6)})
+                                               for r, s in zip(resp.results, scores)]})
+
+
+async def _recommend(user_id, history, k, budget, backend, engine, catalog, cache, settings,
+                     want_explain: bool = False) -> RankedResponse:
     check_k(k, settings)
+    if want_explain:
+        collab_counts(engine)  # fail fast, before any work
     known = [i for i in history if i in catalog.items]
     cold = not known
     request = Request("recommend", user_id=user_id, history=known, k=k)
@@ -28,7 +47,7 @@ async def _recommend(user_id, history, k, budget, backend, engine, catalog, cach
                         settings=settings, cache_params={"history": known, "k": k}, cold_start=cold)
     if cold and backend:
         resp.requested_backend = backend
-    return resp
+    return explained(resp, known, engine) if want_explain else resp
 
 
 @router.get("/recommend", response_model=RankedResponse)
@@ -37,11 +56,12 @@ async def recommend(
     k: int = Query(10, ge=1, le=MAX_K, description="results wanted (at most UNISR_MAX_K)"),
     latency_budget_ms: float | None = Query(None, gt=0, le=60_000),
     backend: str | None = Query(None, description="popularity | cooc | sasrec (default from settings)"),
+    explain: bool = Query(False, description="add each result's collaborative information (collab_info)"),
     *, engine: EngineDep, catalog: CatalogDep, cache: CacheDep, settings: SettingsDep, events: EventsDep,
 ) -> RankedResponse:
     history = user_history(catalog, events, user_id)
     return await _recommend(user_id, history, k, latency_budget_ms, backend, engine, catalog,
-                            cache, settings)
+                            cache, settings, explain)
 
 
 @router.post("/recommend", response_model=RankedResponse)
@@ -51,4 +71,4 @@ async def recommend_with_history(
 ) -> RankedResponse:
     history = body.history or user_history(catalog, events, body.user_id)
     return await _recommend(body.user_id, history, body.k, body.latency_budget_ms, body.backend, engine, catalog,
-                            cache, settings)
+                            cache, settings, body.explain)

@@ -63,6 +63,26 @@ def test_recommend_post_history_and_cold_start(client):
     assert cold["cold_start"] and cold["backend"] == "popularity" and len(cold["results"]) == 5
 
 
+def test_recommend_explain_returns_each_results_collaborative_information(client, settings):
+    """explain=true: every result carries CI(history, item) computed from the training co-occurrence counts, the same
+    figure models/collab_info.py gives; co-occurrence recommendations have CI > 0, and a plain request has none."""
+    from indexing.data import load_recsys
+    from models.collab_info import CollabInfo
+
+    rec = load_recsys(settings.data_dir / "ml100k")
+    info = CollabInfo.from_sequences(rec.train_sequences())
+    body = client.post("/recommend", json={"history": ["50", "172", "181"], "k": 5, "backend": "cooc",
+                                           "explain": True}).json()
+    ids = [x["id"] for x in body["results"]]
+    got = [x["collab_info"] for x in body["results"]]
+    assert got == pytest.approx(list(info.scores(["50", "172", "181"], ids)), abs=1e-6)
+    assert all(c > 0 for c in got)  # cooc recommends items that co-occurred with the history
+    r = client.get("/recommend", params={"user_id": "1", "k": 3, "explain": "true"}).json()
+    assert len(r["results"]) == 3 and all(x["collab_info"] >= 0 for x in r["results"])
+    plain = client.get("/recommend", params={"user_id": "1", "k": 3}).json()
+    assert all(x["collab_info"] is None for x in plain["results"])
+
+
 @pytest.mark.parametrize("method,url,params,status,needle", [
     ("get", "/search", {"q": "   "}, 422, "must not be empty"),
     ("get", "/search", {}, 422, "q: Field required"),
@@ -73,6 +93,7 @@ def test_recommend_post_history_and_cold_start(client):
     ("get", "/retrieve", {"q": "x", "latency_budget_ms": -5}, 422, "greater than 0"),
     ("get", "/recommend", {"user_id": "1", "backend": "bm25"}, 400, "unknown backend"),
     ("get", "/recommend", {}, 422, "user_id"),
+    ("get", "/recommend", {"user_id": "1", "explain": "maybe"}, 422, "explain"),
     ("post", "/recommend", {"history": "50"}, 422, "history"),
     ("post", "/recommend", {"k": 3, "colour": "red"}, 422, "colour"),
 ])
