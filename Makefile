@@ -42,6 +42,7 @@ lm: install
 
 artifacts: data lm
 	$(BIN)/python -m indexing.build --artifacts $(ART)
+	$(BIN)/python -m indexing.build --dataset ml1m
 	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
 
 # EXSEARCH: generalized-EM rounds of the agent (SmolLM2-135M on CPU); /search?mode=agentic serves the result,
@@ -59,13 +60,12 @@ $(ART)/gems/meta.json:
 gems: artifacts
 	$(MAKE) --no-print-directory $(ART)/gems/meta.json
 
-# MovieLens-1M, a second recommendation set: its baselines (popularity, cooc, co-occurrence counts) and SASRec
-# (TrainConfig + the ml1m preset) under artifacts/ml1m
+# MovieLens-1M, a second recommendation set: `make artifacts` builds its baselines (popularity, cooc, co-occurrence
+# counts) under artifacts/ml1m; SASRec (TrainConfig + the ml1m preset, ~40 min on 2 cores) on demand
 artifacts/ml1m/recommend/sasrec/meta.json:
 	$(BIN)/python -m training.train_sasrec --dataset ml1m $(call EPOCHS,$(ML1M_EPOCHS))
 
-ml1m: data
-	$(BIN)/python -m indexing.build --dataset ml1m
+ml1m: artifacts
 	$(MAKE) --no-print-directory artifacts/ml1m/recommend/sasrec/meta.json
 
 # the collaborative-information study on both sets: tables + plots (results/collab_info-<set>.{json,png})

@@ -284,3 +284,22 @@ def test_agentic_without_an_agent_degrades_to_passages(client):
     with client.stream("GET", "/search", params={"q": "Would a pear sink?", "mode": "agentic", "stream": "true"}) as s:
         text = s.read().decode()
     assert s.headers["content-type"].startswith("text/event-stream") and text.startswith("event: answer")
+
+
+def test_recommend_explain_without_the_counts_is_a_clear_503(settings, tmp_path):
+    """An artifacts directory built before recommend/collab existed: recommendations still work, explain=true says
+    what to run."""
+    art = tmp_path / "artifacts"
+    for task in ("search", "retrieve"):
+        (art / task).mkdir(parents=True)
+        for d in (settings.artifacts_dir / task).iterdir():
+            (art / task / d.name).symlink_to(d)
+    (art / "recommend").mkdir()
+    for name in ("popularity", "cooc", "sasrec"):
+        (art / "recommend" / name).symlink_to(settings.artifacts_dir / "recommend" / name)
+    with TestClient(create_app(settings.model_copy(update={"artifacts_dir": art, "warmup": False}))) as c:
+        assert c.get("/recommend", params={"user_id": "1", "k": 3}).status_code == 200
+        r = c.get("/recommend", params={"user_id": "1", "k": 3, "explain": "true"})
+        assert r.status_code == 503 and "python -m indexing.build" in r.json()["detail"]
+        r = c.post("/recommend", json={"history": ["50"], "explain": True})
+        assert r.status_code == 503
