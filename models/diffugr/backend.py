@@ -17,7 +17,7 @@ from models.beam import beam_decode
 from models.diffugr.geometry import geometry_prior
 from models.diffugr.network import DocIDDecoder
 from models.docids import DocIDs
-from models.encoders.sentence import encode, encode_tokens
+from models.encoders.sentence import encode_tokens, pooled
 
 
 class GenerativeRetrievalBackend(Backend):
@@ -26,11 +26,14 @@ class GenerativeRetrievalBackend(Backend):
     interruptible = True  # gives up between decoding steps once the deadline passed
 
     def __init__(self, model: DocIDDecoder, docids: DocIDs, beam: int = 10, encoder: str | None = None,
-                 prior: dict | None = None, vectors: np.ndarray | None = None):
+                 prior: dict | None = None, vectors: np.ndarray | None = None, level_order: bool = False):
         """prior: {"kind": "geometry", "tau": ..., "decoder_weight": ...} with `vectors` (N, d) the documents'
-        embeddings in DocID-row order (models.diffugr.geometry); None: the decoder alone."""
+        embeddings in DocID-row order (models.diffugr.geometry); None: the decoder alone. level_order: the decoder
+        alone fills positions coarse level first (a decoder trained on suffix masks, training.train_diffugr's
+        distillation) instead of by confidence; with the prior the order is always by level."""
         super().__init__()
         self.model, self.docids, self.beam, self.encoder = model.eval(), docids, beam, encoder
+        self.level_order = level_order
         self.prior, self.vectors = (prior, vectors) if prior and vectors is not None else (None, None)
         self.cost_ms: dict[int, float] = {}  # steps -> measured ms per request (warm-up)
 
@@ -40,7 +43,7 @@ class GenerativeRetrievalBackend(Backend):
         prior = meta.get("prior")
         vectors = np.load(directory / "geometry.npy") if prior and (directory / "geometry.npy").exists() else None
         return cls(DocIDDecoder.from_dir(directory), DocIDs.load(directory / "docids"), meta.get("beam", 10),
-                   meta.get("encoder"), prior, vectors)
+                   meta.get("encoder"), prior, vectors, bool(meta.get("level_order", False)))
 
     @property
     def length(self) -> int:
@@ -60,7 +63,7 @@ class GenerativeRetrievalBackend(Backend):
 
     def config(self, request: Request) -> dict:
         order = ("left-to-right" if self.left_to_right else "level order, geometry prior" if self.prior
-                 else "confidence-first")
+                 else "level order" if self.level_order else "confidence-first")
         cfg = {"steps": self.steps_for(request), "beam": max(self.beam, request.k), "docid_length": self.length,
                "order": order, "constrained": True}
         if self.prior:
@@ -80,8 +83,9 @@ class GenerativeRetrievalBackend(Backend):
             return torch.log_softmax(self.model(qs[idx], qm[idx], tokens), dim=-1)
 
         if not self.prior:
-            return beam_decode(logprobs, codes, len(queries), steps, beam, self.left_to_right, deadline=deadline)
-        scores = encode(queries, self.encoder) @ self.vectors.T  # (Q, N)
+            return beam_decode(logprobs, codes, len(queries), steps, beam, self.left_to_right, deadline=deadline,
+                               level_order=self.level_order, renormalise=self.level_order)
+        scores = pooled(qs, qm) @ self.vectors.T  # (Q, N): the query embedding from the states already computed
         prior = geometry_prior(scores, codes, self.docids.vocab, float(self.prior["tau"]))
         return beam_decode(logprobs, codes, len(queries), steps, beam, self.left_to_right, renormalise=True,
                            deadline=deadline, level_order=True, prior_fn=prior, model_weight=decoder_weight)

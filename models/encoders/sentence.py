@@ -53,3 +53,16 @@ def encode_tokens(texts: list[str], path: str | None = None, max_len: int = 48,
     states, masks = torch.cat(states), torch.cat(masks)
     width = int(masks.sum(dim=1).max())  # padding only as wide as the longest text
     return states[:, :width], masks[:, :width]
+
+
+def pooled(states, masks, batch: int = 4096) -> np.ndarray:
+    """The sentence embedding from encode_tokens' states: their normalised mean over the mask (the encoder's own
+    pooling: MiniLM's mean + L2, so this equals encode() for texts within max_len tokens, without a second pass)."""
+    import torch
+
+    out = []
+    for b in range(0, len(states), batch):
+        s, m = states[b:b + batch].float(), masks[b:b + batch, :, None].float()
+        v = (s * m).sum(1) / m.sum(1).clamp_min(1.0)
+        out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+    return np.concatenate(out).astype("float32")
