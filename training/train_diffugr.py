@@ -37,7 +37,7 @@ from models.beam import MASKED
 from models.diffugr.backend import ARDocIDBackend, DiffuGRBackend
 from models.diffugr.network import DocIDDecoder, DocIDDecoderConfig
 from models.docids import DocIDs
-from models.encoders.sentence import encode_tokens
+from models.encoders.sentence import encode_tokens, pooled
 from training.common import add_config_args, add_threads_arg, close_epoch, config_from_args, optimiser_step, set_threads
 from training.eval.metrics import ranking
 
@@ -59,6 +59,11 @@ class TrainConfig:
     prior_tau: float = 0.05
     decoder_weight: float = 0.3
     prior_beam: int = 50
+    # distilling the geometry into the decoder (0: off): the weight of a soft cross-entropy to the geometry scorer's
+    # distribution over each masked position's children (models.diffugr.geometry, temperature prior_tau), beside the
+    # hard DocID cross-entropy; masks are then suffixes (the level order the served beam fills in)
+    distil_weight: float = 0.0
+    crops: int = 0  # extra pseudo-queries per document: random spans of its words (distillation views)
 
 
 def masked_diffusion_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> torch.Tensor:
@@ -69,6 +74,67 @@ def masked_diffusion_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> t
     logits = model(qs, qm, torch.where(mask, torch.full_like(codes, MASKED), codes))
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none").view(B, L)
     return ((ce * mask).sum(dim=1) / m).mean()
+
+
+class GeometryTeacher:
+    """Soft targets from the geometry scorer: for a query vector q and a DocID whose first k positions are fixed,
+    the distribution over each later position's tokens softmax_t(mean_{d consistent, code_p(d)=t} <q, e_d> / tau),
+    over the documents consistent with the fixed prefix (exactly the prior's score of that decoding state)."""
+
+    def __init__(self, codes: np.ndarray, vectors: np.ndarray, vocab: int, tau: float):
+        self.codes, self.vectors, self.vocab, self.tau = codes, vectors, vocab, tau
+        self._members: dict[tuple, np.ndarray] = {}
+
+    def members(self, prefix: tuple) -> np.ndarray:
+        if prefix not in self._members:
+            mask = np.ones(len(self.codes), dtype=bool)
+            for p, t in enumerate(prefix):
+                mask &= self.codes[:, p] == t
+            self._members[prefix] = np.flatnonzero(mask)
+        return self._members[prefix]
+
+    def targets(self, qvecs: np.ndarray, rows: np.ndarray, fixed: np.ndarray) -> torch.Tensor:
+        """qvecs (B, d) query vectors, rows (B,) the DocID row each example follows, fixed (B,) how many leading
+        positions are fixed -> (B, L, V) target distributions (zero rows at the fixed positions)."""
+        B, L = len(rows), self.codes.shape[1]
+        out = np.zeros((B, L, self.vocab), dtype=np.float32)
+        for i in range(B):
+            cons = self.members(tuple(self.codes[rows[i], :fixed[i]]))
+            s = self.vectors[cons] @ qvecs[i]
+            for p in range(fixed[i], L):
+                count = np.bincount(self.codes[cons, p], minlength=self.vocab)
+                total = np.bincount(self.codes[cons, p], weights=s, minlength=self.vocab)
+                ok = count > 0
+                logits = np.full(self.vocab, -np.inf)
+                logits[ok] = total[ok] / count[ok] / self.tau
+                e = np.exp(logits - logits[ok].max())
+                out[i, p] = e / e.sum()
+        return torch.from_numpy(out)
+
+
+def distilled_diffusion_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor, teacher: GeometryTeacher,
+                             qvecs: np.ndarray, rows: np.ndarray, weight: float) -> torch.Tensor:
+    """Suffix masks (the last m positions, m ~ U{1..L}): the hard cross-entropy to the example's DocID plus `weight`
+    times the soft cross-entropy to the geometry teacher, each 1/m-weighted over the masked positions."""
+    B, L = codes.shape
+    m = torch.randint(1, L + 1, (B,))
+    mask = torch.arange(L)[None, :] >= (L - m)[:, None]
+    logits = model(qs, qm, torch.where(mask, torch.full_like(codes, MASKED), codes))
+    logp = torch.log_softmax(logits, dim=-1)
+    hard = -logp.gather(-1, codes[..., None])[..., 0]
+    soft = -(teacher.targets(qvecs, rows, (L - m).numpy()) * logp.clamp_min(-1e4)).sum(-1)
+    return (((hard + weight * soft) * mask).sum(dim=1) / m).mean()
+
+
+def random_crops(text: str, n: int, rng: random.Random) -> list[str]:
+    """n random spans of 40-80% of the text's words (independent cropping, as Contriever's pseudo-queries)."""
+    words = text.split()
+    out = []
+    for _ in range(n):
+        k = max(1, int(len(words) * rng.uniform(0.4, 0.8)))
+        start = rng.randint(0, len(words) - k)
+        out.append(" ".join(words[start:start + k]))
+    return out
 
 
 def autoregressive_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> torch.Tensor:
@@ -119,10 +185,19 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
     if max_docs:
         valid_q = {q: t for q, t in valid_q.items() if all(row.get(d) in keep for d in data.qrels["valid"][q])}
     texts = [data.doc_text(docids.ids[r]) for r in doc_rows] + list(train_q.values())
-    states, masks = encoded_texts(texts, docids_dir)
     examples = [(n, r) for n, r in enumerate(doc_rows)]  # indexing: document text -> DocID
     for n, q in enumerate(train_q, start=len(doc_rows)):  # retrieval: query -> DocID of each relevant doc
         examples += [(n, row[d]) for d in data.qrels["train"][q] if row.get(d) in keep]
+    crop_rng = random.Random(cfg.seed)
+    for r in doc_rows if cfg.crops else []:  # pseudo-queries: spans of the document -> its DocID
+        for crop in random_crops(data.doc_text(docids.ids[r]), cfg.crops, crop_rng):
+            examples.append((len(texts), r))
+            texts.append(crop)
+    states, masks = encoded_texts(texts, docids_dir)
+    teacher = qvecs = None
+    if cfg.distil_weight > 0 and mode == "diffusion":
+        teacher = GeometryTeacher(docids.codes, document_vectors(docids_dir, docids), docids.vocab, cfg.prior_tau)
+        qvecs = pooled(states, masks)
     codes = torch.from_numpy(docids.codes)
     net = DocIDDecoderConfig(length=docids.length, vocab=docids.vocab, causal=mode == "ar", d_model=d_model,
                              n_layers=cfg.n_layers, n_heads=max(1, d_model // 64))
@@ -147,12 +222,18 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
             chunk = examples[b:b + batch_size]
             t_idx = torch.tensor([t for t, _ in chunk])
             width = int(masks[t_idx].sum(dim=1).max())  # trim the padding the whole batch shares
-            loss = loss_fn(model, states[t_idx, :width].float(), masks[t_idx, :width], codes[[r for _, r in chunk]])
+            rows = np.array([r for _, r in chunk])
+            if teacher is not None:
+                loss = distilled_diffusion_loss(model, states[t_idx, :width].float(), masks[t_idx, :width],
+                                                codes[rows], teacher, qvecs[t_idx.numpy()], rows, cfg.distil_weight)
+            else:
+                loss = loss_fn(model, states[t_idx, :width].float(), masks[t_idx, :width], codes[rows])
             losses.append(optimiser_step(opt, loss, clip=1.0))
         entry = close_epoch(state, epoch, losses)
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             model.eval()
-            r10 = recall_at_10(backend_cls(model, docids), valid_q, data.qrels["valid"])
+            r10 = recall_at_10(backend_cls(model, docids, level_order=teacher is not None), valid_q,
+                               data.qrels["valid"])
             entry["valid_recall10"] = r10
             if r10 > state["best_recall10"]:
                 state["best_recall10"], state["best_epoch"] = r10, epoch + 1
@@ -164,21 +245,26 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", best_r10=f"{state['best_recall10']:.4f}")
     write_meta(out, backend=backend_cls.name, mode=mode, data=str(data_dir), beam=10,
                best_valid_recall10=state["best_recall10"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-               examples=len(examples), docids=str(docids_dir))
+               examples=len(examples), docids=str(docids_dir), level_order=teacher is not None,
+               distil_weight=cfg.distil_weight if teacher is not None else 0.0, crops=cfg.crops)
     if mode == "diffusion" and cfg.prior == "geometry":
         attach_prior(out, docids_dir, cfg)
     return state
 
 
+def document_vectors(docids_dir: Path, docids: DocIDs) -> np.ndarray:
+    """The documents' embeddings in DocID-row order: the dense index's vectors the DocIDs were built from."""
+    dense = docids_dir.parent / "dense"
+    ids = json.loads((dense / "ids.json").read_text())
+    if ids != docids.ids:
+        raise ValueError(f"{dense} does not hold the documents of {docids_dir} in the same order")
+    return np.load(dense / "vectors.npy").astype("float32")
+
+
 def attach_prior(out: Path, docids_dir: Path, cfg: TrainConfig) -> None:
     """Serve the checkpoint in `out` with the geometry prior: the documents' embeddings in DocID-row order (the
     dense index's vectors the DocIDs were built from) go to out/geometry.npy, the prior's settings to meta.json."""
-    dense = docids_dir.parent / "dense"
-    ids = json.loads((dense / "ids.json").read_text())
-    docids = DocIDs.load(out / "docids")
-    if ids != docids.ids:
-        raise ValueError(f"{dense} does not hold the documents of {out / 'docids'} in the same order")
-    np.save(out / "geometry.npy", np.load(dense / "vectors.npy").astype("float32"))
+    np.save(out / "geometry.npy", document_vectors(docids_dir, DocIDs.load(out / "docids")))
     meta = read_meta(out)
     meta.update(beam=cfg.prior_beam, prior={"kind": "geometry", "tau": cfg.prior_tau,
                                             "decoder_weight": cfg.decoder_weight})

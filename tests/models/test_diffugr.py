@@ -35,11 +35,28 @@ def test_docids_unique_and_round_trip(docids, artifacts, tmp_path):
     assert (vec[same] @ vec[0]).mean() > (vec @ vec[0]).mean() + 0.05
 
 
-def test_build_docids_disambiguates_collisions():
+@pytest.mark.parametrize("scheme", ["residual", "hierarchical"])
+def test_build_docids_disambiguates_collisions(scheme):
     rng = np.random.default_rng(0)
     vectors = np.repeat(rng.normal(size=(5, 8)).astype("float32"), 4, axis=0)  # 4 identical copies each
-    d = build_docids(vectors, [f"d{i}" for i in range(20)], levels=2, codes=4)
+    d = build_docids(vectors, [f"d{i}" for i in range(20)], levels=2, codes=4, scheme=scheme)
     assert len({tuple(r) for r in d.codes.tolist()}) == 20 and d.codes[:, -1].max() == 3
+    # identical vectors share their semantic path; distinct ones do not
+    paths = {tuple(r[:-1]) for r in d.codes.tolist()}
+    assert len(paths) == 5
+
+
+def test_hierarchical_codes_are_local_to_their_parent():
+    """Level 2 of hierarchical k-means splits each level-1 cluster on its own: two well-separated blobs, each made of
+    two sub-blobs, give each blob its own level-1 code and split both into two level-2 codes."""
+    rng = np.random.default_rng(1)
+    centres = np.array([[10, 0, 0], [10, 1, 0], [-10, 0, 0], [-10, 0, 1]], dtype="float32")
+    vectors = np.concatenate([c + 0.01 * rng.normal(size=(6, 3)).astype("float32") for c in centres])
+    d = build_docids(vectors, [f"d{i}" for i in range(24)], levels=2, codes=2, scheme="hierarchical")
+    blob = np.repeat([0, 0, 1, 1], 6)
+    sub = np.repeat([0, 1, 2, 3], 6)
+    assert len(set(zip(blob, d.codes[:, 0]))) == 2  # level 1 = the blob
+    assert len(set(zip(sub, map(tuple, d.codes[:, :2])))) == 4  # level 1+2 = the sub-blob
 
 
 @hsettings(max_examples=40, deadline=None)
@@ -155,3 +172,28 @@ def test_geometry_prior_level_by_level_is_a_tree_pruned_dense_search():
     out = beam_decode(zero, codes, 1, 3, len(codes), level_order=True, renormalise=True, model_weight=0.0,
                       prior_fn=geometry_prior(scores, codes, 3, tau=0.05))
     assert [r for r, _ in out[0]] == list(np.argsort(-scores[0], kind="stable"))
+
+
+def test_geometry_teacher_is_the_softmax_of_the_prior():
+    """The distillation targets (training.train_diffugr.GeometryTeacher) are, at every masked position after a fixed
+    prefix, the softmax of the geometry prior's scores for that decoding state; fixed positions get no target."""
+    from models.diffugr.geometry import geometry_prior
+    from training.train_diffugr import GeometryTeacher
+
+    rng = np.random.default_rng(3)
+    codes = np.unique(rng.integers(0, 4, (60, 3)), axis=0)
+    vectors = rng.normal(size=(len(codes), 5)).astype("float32")
+    q = rng.normal(size=(2, 5)).astype("float32")
+    teacher = GeometryTeacher(codes, vectors, 4, tau=0.1)
+    rows, fixed = np.array([7, 20]), np.array([1, 0])
+    got = teacher.targets(q, rows, fixed).numpy()
+    prior = geometry_prior(q @ vectors.T, codes, 4, 0.1)
+    for i in range(2):
+        consistent = np.flatnonzero((codes[:, :fixed[i]] == codes[rows[i], :fixed[i]]).all(axis=1))
+        want = prior(i, consistent, list(range(fixed[i], 3)))
+        for p in range(3):
+            if p < fixed[i]:
+                assert not got[i, p].any()
+            else:
+                e = np.exp(want[p] - want[p][np.isfinite(want[p])].max())
+                np.testing.assert_allclose(got[i, p], e / e.sum(), rtol=1e-5, atol=1e-7)
