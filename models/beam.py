@@ -35,9 +35,13 @@ from models.backend import check_deadline
 MASKED = -1  # a position not decided yet, in the (H, L) token tensors given to a logprobs_fn
 
 
-def schedule(length: int, steps: int) -> list[int]:
-    """How many positions to unmask at each step: as even as possible, summing to length."""
+def schedule(length: int, steps: int, level_order: bool = False) -> list[int]:
+    """How many positions to unmask at each step, summing to length: as even as possible; in level order the coarse
+    levels one per step and every remaining position in the last step (a finer position's tokens mean something
+    only under their parent's, so a parent is never guessed together with its children while steps remain)."""
     steps = max(1, min(steps, length))
+    if level_order:
+        return [1] * (steps - 1) + [length - steps + 1]
     return [length // steps + (1 if i < length % steps else 0) for i in range(steps)]
 
 
@@ -71,7 +75,7 @@ def beam_decode(logprobs_fn: Callable[[np.ndarray, torch.Tensor], torch.Tensor],
     N, L = codes.shape
     every = np.arange(N)
     hyps = [Hyp(q, np.full(L, MASKED, dtype=np.int64), every) for q in range(n_queries)]
-    plan = [1] * L if left_to_right else schedule(L, steps)
+    plan = [1] * L if left_to_right else schedule(L, steps, level_order)
     in_order = left_to_right or level_order  # fill the next masked positions, not the most confident ones
     for n_fill in plan:
         check_deadline(deadline)

@@ -57,7 +57,7 @@ class TrainConfig:
     # "geometry" or "none"; the AR baseline is served without it
     prior: str = "geometry"
     prior_tau: float = 0.05
-    decoder_weight: float = 0.3
+    decoder_weight: float = 0.1
     prior_beam: int = 50
     # distilling the geometry into the decoder (0: off): the weight of a soft cross-entropy to the geometry scorer's
     # distribution over each masked position's children (models.diffugr.geometry, temperature prior_tau), beside the

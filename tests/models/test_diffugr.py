@@ -78,6 +78,8 @@ def test_constrained_decoding_only_returns_valid_ids(seed, steps, beam, length, 
         scores = [s for _, s in rows]
         assert scores == sorted(scores, reverse=True)
     assert sum(schedule(length, steps)) == length
+    levels = schedule(length, steps, level_order=True)
+    assert sum(levels) == length and len(levels) == min(steps, length) and all(n == 1 for n in levels[:-1])
 
 
 def test_tiny_training_lowers_the_loss(tmp_path, data_dirs, artifacts):
