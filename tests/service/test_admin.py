@@ -121,3 +121,21 @@ def test_request_in_flight_during_reload_finishes_on_its_engine(client):
     r = result["r"]
     assert r.status_code == 200 and r.json()["backend"] == "bm25" and len(r.json()["results"]) == 3
     assert used == [id(old)]
+
+
+def test_rollback_returns_to_the_previous_directory_and_says_409_with_none(settings, small_artifacts, artifacts,
+                                                                         tmp_path):
+    s = settings.model_copy(update={"warmup": False, "admin_token": TOKEN, "events_log": tmp_path / "e.log"})
+    with TestClient(create_app(s)) as c:
+        assert c.post("/admin/rollback").status_code == 401  # the token first
+        r = c.post("/admin/rollback", headers=AUTH)
+        assert r.status_code == 409 and "no previous version" in r.json()["detail"]
+        assert c.post("/admin/reload", headers=AUTH, json={"artifacts_dir": str(small_artifacts)}).status_code == 200
+        assert c.get("/search", params={"q": "x", "backend": "dense"}).json()["degraded"]
+        r = c.post("/admin/rollback", headers=AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["artifacts_dir"] == str(artifacts) and body["previous_artifacts_dir"] == str(small_artifacts)
+        again = c.get("/search", params={"q": "x", "backend": "dense", "latency_budget_ms": 30_000}).json()
+        assert again["backend"] == "dense", again["degraded_reason"]
+        assert c.post("/admin/rollback", headers=AUTH).status_code == 409  # one step back only
