@@ -58,3 +58,15 @@ def test_qa_majority_baseline_is_near_the_class_prior(data_dirs):
     e = row("baselines", "qa", "majority")
     r = evaluate_qa("majority", "test", data_dirs)
     assert e["floor"]["em"] < r["em"] < e["ceiling"]["em"] and r["f1"] == r["em"]  # yes/no answers: EM and F1 agree
+
+
+def test_ml1m_baselines_hold_their_ratios(artifacts, data_dirs):
+    """MovieLens-1M (built by `make artifacts` under artifacts/ml1m): popularity far above random, co-occurrence far
+    above popularity, the factors recorded in expected.yaml (condition baselines-ml1m)."""
+    ml1m = artifacts.parent / "ml1m"
+    dirs = {**data_dirs, "recsys": data_dirs["ml1m"]}
+    got = {b: run("recommend", b, ml1m, dirs, "test") for b in ("random", "popularity", "cooc")}
+    assert got["cooc"]["queries"] == 6040
+    for b, other in (("popularity", "random"), ("cooc", "popularity")):
+        factor = row("baselines-ml1m", b)["beats"][other]["hit_rate@10"]
+        assert got[b]["hit_rate@10"] > factor * max(got[other]["hit_rate@10"], 1e-3), (b, other)
