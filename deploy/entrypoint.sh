@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build the data and artifacts on first start, then serve. The steps are those of the Makefile's `artifacts`
 # target, in its order: indexing.prepare (data), indexing.lm prepare (the default LM), indexing.build (indexes),
-# training.train_sasrec, indexing.docids, training.train_diffugr. Like make, a step is skipped when its output's
+# training.train_sasrec, indexing.docids, training.train_diffugr (not the MovieLens-1M baselines of
+# `indexing.build --dataset ml1m`: the gateway does not serve that set). Like make, a step is skipped when its output's
 # meta.json is already there (indexing.prepare and indexing.build skip what exists themselves), so a restart
 # after an interrupted build resumes with the missing steps (the trainers resume from their last epoch).
 #
