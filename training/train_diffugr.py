@@ -248,7 +248,7 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
                examples=len(examples), docids=str(docids_dir), level_order=teacher is not None,
                distil_weight=cfg.distil_weight if teacher is not None else 0.0, crops=cfg.crops)
     if mode == "diffusion" and cfg.prior == "geometry":
-        attach_prior(out, docids_dir, cfg)
+        attach_prior(out, docids_dir, cfg, None if max_docs else data_dir)
     return state
 
 
@@ -261,14 +261,39 @@ def document_vectors(docids_dir: Path, docids: DocIDs) -> np.ndarray:
     return np.load(dense / "vectors.npy").astype("float32")
 
 
-def attach_prior(out: Path, docids_dir: Path, cfg: TrainConfig) -> None:
+def calibrate_min_steps(out: Path, data_dir: Path, docids_dir: Path) -> dict:
+    """The fewest denoising steps the budget planner may choose: the served checkpoint's valid Recall@10 at every step
+    count against the fallback's (BM25, from the same artifacts directory); min_steps = the fewest steps that reach
+    it (all of them when none does). Written to meta.json with the figures."""
+    from models.registry import load_backend
+    from training.eval.ranking import evaluate_ranking
+
+    dirs = {"retrieval": data_dir}
+    backend = DiffuGRBackend.load(out)
+    by_steps = {t: evaluate_ranking("retrieve", backend, "valid", dirs, options={"steps": t})["recall@10"]
+                for t in range(1, backend.length + 1)}
+    bm25 = load_backend(docids_dir.parent.parent, "retrieve", "bm25")
+    fallback = evaluate_ranking("retrieve", bm25, "valid", dirs)["recall@10"]
+    min_steps = next((t for t, r in sorted(by_steps.items()) if r >= fallback), backend.length)
+    meta = read_meta(out)
+    meta.update(min_steps=min_steps, valid_recall10_by_steps={str(t): round(r, 4) for t, r in by_steps.items()},
+                valid_recall10_fallback=round(fallback, 4))
+    write_meta(out, **{k: v for k, v in meta.items() if k != "built_at"})
+    return {"min_steps": min_steps, "by_steps": by_steps, "bm25": fallback}
+
+
+def attach_prior(out: Path, docids_dir: Path, cfg: TrainConfig, data_dir: Path | None = None) -> None:
     """Serve the checkpoint in `out` with the geometry prior: the documents' embeddings in DocID-row order (the
-    dense index's vectors the DocIDs were built from) go to out/geometry.npy, the prior's settings to meta.json."""
+    dense index's vectors the DocIDs were built from) go to out/geometry.npy, the prior's settings to meta.json; with
+    data_dir, the fewest steps worth planning are then measured on its valid split (calibrate_min_steps)."""
     np.save(out / "geometry.npy", document_vectors(docids_dir, DocIDs.load(out / "docids")))
     meta = read_meta(out)
     meta.update(beam=cfg.prior_beam, prior={"kind": "geometry", "tau": cfg.prior_tau,
                                             "decoder_weight": cfg.decoder_weight})
     write_meta(out, **{k: v for k, v in meta.items() if k != "built_at"})
+    if data_dir is not None:
+        c = calibrate_min_steps(out, data_dir, docids_dir)
+        print(f"valid R@10 by steps {c['by_steps']}, BM25 {c['bm25']:.4f}: min_steps {c['min_steps']}")
 
 
 def main(argv=None) -> None:
@@ -285,7 +310,7 @@ def main(argv=None) -> None:
     set_threads(a.threads)
     out = a.out or Path("artifacts/v1/retrieve") / ("diffugr" if a.mode == "diffusion" else "ar")
     if a.attach_prior_only:
-        attach_prior(out, a.docids, config_from_args(TrainConfig, a))
+        attach_prior(out, a.docids, config_from_args(TrainConfig, a), a.data)
         print(f"{out}: geometry prior attached")
         return
     t0 = time.time()

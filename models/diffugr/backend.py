@@ -26,14 +26,19 @@ class GenerativeRetrievalBackend(Backend):
     interruptible = True  # gives up between decoding steps once the deadline passed
 
     def __init__(self, model: DocIDDecoder, docids: DocIDs, beam: int = 10, encoder: str | None = None,
-                 prior: dict | None = None, vectors: np.ndarray | None = None, level_order: bool = False):
+                 prior: dict | None = None, vectors: np.ndarray | None = None, level_order: bool = False,
+                 min_steps: int = 1):
         """prior: {"kind": "geometry", "tau": ..., "decoder_weight": ...} with `vectors` (N, d) the documents'
         embeddings in DocID-row order (models.diffugr.geometry); None: the decoder alone. level_order: the decoder
         alone fills positions coarse level first (a decoder trained on suffix masks, training.train_diffugr's
-        distillation) instead of by confidence; with the prior the order is always by level."""
+        distillation) instead of by confidence; with the prior the order is always by level. min_steps: the fewest
+        steps the budget planner may choose (training.train_diffugr measures on the valid split the fewest that match
+        the task's fallback, BM25): a budget under their cost is answered by the fallback, which is then both cheaper
+        and better; a request that names `steps` gets them."""
         super().__init__()
         self.model, self.docids, self.beam, self.encoder = model.eval(), docids, beam, encoder
         self.level_order = level_order
+        self.min_steps = max(1, min(int(min_steps), self.docids.length))
         self.prior, self.vectors = (prior, vectors) if prior and vectors is not None else (None, None)
         self.cost_ms: dict[int, float] = {}  # steps -> measured ms per request (warm-up)
 
@@ -43,7 +48,8 @@ class GenerativeRetrievalBackend(Backend):
         prior = meta.get("prior")
         vectors = np.load(directory / "geometry.npy") if prior and (directory / "geometry.npy").exists() else None
         return cls(DocIDDecoder.from_dir(directory), DocIDs.load(directory / "docids"), meta.get("beam", 10),
-                   meta.get("encoder"), prior, vectors, bool(meta.get("level_order", False)))
+                   meta.get("encoder"), prior, vectors, bool(meta.get("level_order", False)),
+                   int(meta.get("min_steps", 1)))
 
     @property
     def length(self) -> int:
@@ -68,6 +74,8 @@ class GenerativeRetrievalBackend(Backend):
                "order": order, "constrained": True}
         if self.prior:
             cfg.update(prior=self.prior["kind"], tau=self.prior["tau"], decoder_weight=self.decoder_weight(request))
+        if self.min_steps > 1:
+            cfg["min_steps"] = self.min_steps
         return cfg
 
     @torch.no_grad()
@@ -105,11 +113,12 @@ class GenerativeRetrievalBackend(Backend):
         for steps in ([self.length] if self.left_to_right else range(1, self.length + 1)):
             r = Request(request.task, query=request.query, k=request.k, options={"steps": steps})
             self.cost_ms[steps] = super().warm_up(r, repeats)
-        self.ms_per_request = self.cost_ms[min(self.cost_ms)]
+        self.ms_per_request = self.cost_ms.get(self.min_steps, self.cost_ms[min(self.cost_ms)])
         return self.ms_per_request
 
     def estimate_ms(self, request: Request) -> float:
-        """Cost of the requested steps; with none requested, of the cheapest configuration (1 step)."""
+        """Cost of the requested steps; with none requested, of the cheapest configuration the planner may choose
+        (min_steps)."""
         if not self.left_to_right and not request.options.get("steps"):
             return self.ms_per_request
         return self.cost_ms.get(self.steps_for(request), self.ms_per_request)
@@ -117,7 +126,7 @@ class GenerativeRetrievalBackend(Backend):
     def plan(self, request: Request, budget_ms: float) -> bool:
         if self.left_to_right or request.options.get("steps") or not self.cost_ms:
             return self.estimate_ms(request) <= budget_ms
-        fits = [s for s, ms in self.cost_ms.items() if ms <= budget_ms]
+        fits = [s for s, ms in self.cost_ms.items() if ms <= budget_ms and s >= self.min_steps]
         if not fits:
             return False
         request.options["steps"] = max(fits)  # the most refinement the budget affords

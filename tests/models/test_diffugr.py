@@ -199,3 +199,27 @@ def test_geometry_teacher_is_the_softmax_of_the_prior():
             else:
                 e = np.exp(want[p] - want[p][np.isfinite(want[p])].max())
                 np.testing.assert_allclose(got[i, p], e / e.sum(), rtol=1e-5, atol=1e-7)
+
+
+def test_budget_planner_never_picks_fewer_steps_than_match_the_fallback(artifacts):
+    """Training measured on the valid split the fewest steps whose Recall@10 reaches BM25's (min_steps); the budget
+    planner never chooses fewer (a budget under their cost goes to BM25, cheaper and better), while a request that
+    names its steps still gets them."""
+    from models.artifacts import read_meta
+    from models.backend import Request
+    from models.registry import load_backend
+
+    meta = read_meta(artifacts / "retrieve" / "diffugr")
+    by_steps = {int(t): r for t, r in meta["valid_recall10_by_steps"].items()}
+    b = load_backend(artifacts, "retrieve", "diffugr")
+    assert b.min_steps == meta["min_steps"] and by_steps[b.min_steps] >= meta["valid_recall10_fallback"]
+    assert all(r < meta["valid_recall10_fallback"] for t, r in by_steps.items() if t < b.min_steps)
+    b.cost_ms = {t: 10.0 * t for t in range(1, b.length + 1)}
+    b.ms_per_request = b.cost_ms[b.min_steps]
+    for budget in (5.0, 15.0, 25.0, 35.0, 45.0):
+        r = Request("retrieve", query="Would a pear sink in water?", k=5)
+        fits = [t for t in b.cost_ms if 10.0 * t <= budget and t >= b.min_steps]
+        assert b.plan(r, budget) == bool(fits)
+        assert r.options.get("steps") == (max(fits) if fits else None)
+    explicit = Request("retrieve", query="x", k=5, options={"steps": 1})
+    assert b.plan(explicit, 15.0) and b.steps_for(explicit) == 1
