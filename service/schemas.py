@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from service.settings import Settings
 
@@ -43,7 +43,7 @@ class RecommendBody(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     latency_budget_ms: float | None = Field(None, gt=0, le=60_000)
     backend: str | None = None
-    explain: bool = Field(False, description="add each result's collaborative information (collab_info)")
+    explain: StrictBool = Field(False, description="add each result's collaborative information (collab_info)")
 
 
 class Health(BaseModel):

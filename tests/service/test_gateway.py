@@ -94,6 +94,7 @@ def test_recommend_explain_returns_each_results_collaborative_information(client
     ("get", "/recommend", {"user_id": "1", "backend": "bm25"}, 400, "unknown backend"),
     ("get", "/recommend", {}, 422, "user_id"),
     ("get", "/recommend", {"user_id": "1", "explain": "maybe"}, 422, "explain"),
+    ("post", "/recommend", {"history": ["50"], "explain": 0}, 422, "explain"),
     ("post", "/recommend", {"history": "50"}, 422, "history"),
     ("post", "/recommend", {"k": 3, "colour": "red"}, 422, "colour"),
 ])
