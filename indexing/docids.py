@@ -25,21 +25,6 @@ import numpy as np
 from models.docids import DocIDs
 
 
-def residual_kmeans(vectors: np.ndarray, levels: int = 3, codes: int = 32, seed: int = 0,
-                    niter: int = 25) -> np.ndarray:
-    """(N, levels) code indices; each level is faiss k-means on the residuals of the previous levels."""
-    residual = vectors.astype("float32").copy()
-    out = np.zeros((len(vectors), levels), dtype=np.int64)
-    for level in range(levels):
-        km = faiss.Kmeans(residual.shape[1], codes, niter=niter, seed=seed + level, verbose=False,
-                          min_points_per_centroid=1)
-        km.train(residual)
-        _, assign = km.index.search(residual, 1)
-        out[:, level] = assign[:, 0]
-        residual -= km.centroids[assign[:, 0]]
-    return out
-
-
 def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 25) -> tuple[np.ndarray, np.ndarray]:
     """(assignments, centroids) of faiss k-means with k clusters (fewer when x has fewer rows)."""
     k = min(k, len(x))
@@ -49,6 +34,17 @@ def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 25) -> tuple[np.ndarr
     km.train(x)
     _, assign = km.index.search(x, 1)
     return assign[:, 0].astype(np.int64), km.centroids
+
+
+def residual_kmeans(vectors: np.ndarray, levels: int = 3, codes: int = 32, seed: int = 0) -> np.ndarray:
+    """(N, levels) code indices; each level is faiss k-means on the residuals of the previous levels."""
+    residual = vectors.astype("float32").copy()
+    out = np.zeros((len(vectors), levels), dtype=np.int64)
+    for level in range(levels):
+        assign, centroids = _kmeans(residual, codes, seed + level)
+        out[:, level] = assign
+        residual -= centroids[assign]
+    return out
 
 
 def hierarchical_kmeans(vectors: np.ndarray, levels: int = 3, codes: int = 32, seed: int = 0) -> np.ndarray:
