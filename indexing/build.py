@@ -18,6 +18,7 @@ from pathlib import Path
 
 from indexing.data import load_recsys, load_retrieval
 from indexing.data.common import read_manifest
+from indexing.data.recsys import RECSYS_SETS, recsys_artifacts
 from models.artifacts import artifact_dir
 from models.baselines.bm25 import BM25Backend
 from models.baselines.cooccurrence import CooccurrenceBackend
@@ -85,11 +86,12 @@ def main(argv=None) -> None:
     p.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/v1, or artifacts/<dataset>")
     p.add_argument("--recsys", type=Path, default=Path("data/ml100k"))
     p.add_argument("--retrieval", type=Path, default=Path("data/strategyqa-facts"))
-    p.add_argument("--dataset", default=None, help="build only the recommendation baselines of data/<dataset>")
+    p.add_argument("--dataset", default=None, choices=list(RECSYS_SETS),
+                   help="build only the recommendation baselines of data/<dataset>")
     p.add_argument("--force", action="store_true")
     a = p.parse_args(argv)
     if a.dataset:
-        built = build_recsys(a.artifacts or Path("artifacts") / a.dataset, a.recsys.parent / a.dataset, a.force)
+        built = build_recsys(a.artifacts or recsys_artifacts(a.dataset), a.recsys.parent / a.dataset, a.force)
     else:
         built = build_all(a.artifacts or Path("artifacts/v1"), a.recsys, a.retrieval, a.force,
                           runtime_settings().encoder)

@@ -9,12 +9,12 @@ import argparse
 import json
 
 from indexing.data.common import data_root, read_manifest
-from indexing.data.recsys import prepare_ml1m, prepare_ml100k
+from indexing.data.recsys import RECSYS_SETS
 from indexing.data.strategyqa import prepare_strategyqa
 
 
 def prepare_all() -> dict[str, dict]:
-    dirs = [prepare_ml100k(), prepare_ml1m(), *prepare_strategyqa()]
+    dirs = [*(prepare() for prepare in RECSYS_SETS.values()), *prepare_strategyqa()]
     return {d.name: read_manifest(d) for d in dirs}
 
 

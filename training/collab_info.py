@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from indexing.data.recsys import load_recsys
+from indexing.data.recsys import RECSYS_SETS, load_recsys, recsys_artifacts
 from models.backend import Request
 from models.collab_info import CollabInfo
 from models.registry import backends_for, load_backend
@@ -164,7 +164,7 @@ def print_tables(dataset: str, dist: list[dict], acc: list[dict], by_lift: list[
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["ml100k", "ml1m"], default="ml100k")
+    p.add_argument("--dataset", choices=list(RECSYS_SETS), default="ml100k")
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/v1 (ml100k), artifacts/ml1m")
     p.add_argument("--backends", default=None, help="comma-separated (default: every recommend backend trained)")
@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
-    artifacts = a.artifacts or Path("artifacts/v1" if a.dataset == "ml100k" else f"artifacts/{a.dataset}")
+    artifacts = a.artifacts or recsys_artifacts(a.dataset)
     data = load_recsys(a.data / a.dataset)
     info = CollabInfo.from_sequences(data.train_sequences())
     cases = data.examples("test")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexing.data.recsys import load_recsys
+from indexing.data.recsys import RECSYS_SETS, load_recsys, recsys_artifacts
 from models.artifacts import write_meta
 from models.backend import Request
 from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left
@@ -121,7 +121,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig | None = None, *, max_user
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="ml100k", choices=["ml100k", *PRESETS],
+    p.add_argument("--dataset", default="ml100k", choices=list(RECSYS_SETS),
                    help="data/<dataset> -> artifacts/v1 (ml100k) or artifacts/<dataset>, with its preset")
     p.add_argument("--data", type=Path, default=None, help="default: data/<dataset>")
     p.add_argument("--out", type=Path, default=None, help="default: <artifacts>/recommend/sasrec")
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     set_threads(a.threads)
     data = a.data or Path("data") / a.dataset
-    out = a.out or Path("artifacts/v1" if a.dataset == "ml100k" else f"artifacts/{a.dataset}") / "recommend/sasrec"
+    out = a.out or recsys_artifacts(a.dataset) / "recommend" / "sasrec"
     t0 = time.time()
     s = train(data, out, config_from_args(TrainConfig, a))
     print(f"best valid HR@10 {s['best_hr10']:.4f} at epoch {s['best_epoch']} ({time.time() - t0:.0f}s)")

@@ -178,3 +178,9 @@ def prepare_ml1m(dest: Path | None = None) -> Path:
 
 # recommendation sets by name (`--dataset`): name -> the function that prepares it (returns its directory)
 RECSYS_SETS = {"ml100k": prepare_ml100k, "ml1m": prepare_ml1m}
+
+
+def recsys_artifacts(dataset: str) -> Path:
+    """The default artifacts directory of a recommendation set: artifacts/v1 for ml100k (the served set, beside the
+    other tasks' artifacts), artifacts/<dataset> for the others (their recommendation baselines only)."""
+    return Path("artifacts/v1") if dataset == "ml100k" else Path("artifacts") / dataset

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from indexing.data import load_multihop, load_recsys, load_retrieval
+from indexing.data.recsys import RECSYS_SETS, recsys_artifacts
 from models.backend import Backend, Hit, Request
 from models.registry import backends_for, load_backend
 from training.common import add_threads_arg, set_threads
@@ -177,7 +178,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--backend", default="all", help="a backend name, or all (includes the random floor)")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--artifacts", type=Path, default=None, help="default: artifacts/v1, or artifacts/<dataset>")
-    p.add_argument("--dataset", default="ml100k", choices=["ml100k", "ml1m"],
+    p.add_argument("--dataset", default="ml100k", choices=list(RECSYS_SETS),
                    help="the recommendation set of --task recommend (ml1m: its baselines under artifacts/ml1m)")
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N queries only")
@@ -192,7 +193,7 @@ def main(argv=None) -> list[dict]:
         if a.task != "recommend":
             p.error(f"--dataset {a.dataset} goes with --task recommend")
         data_dirs["recsys"] = a.data / a.dataset
-    a.artifacts = a.artifacts or Path("artifacts/v1" if a.dataset == "ml100k" else f"artifacts/{a.dataset}")
+    a.artifacts = a.artifacts or recsys_artifacts(a.dataset)
     suffix = "" if a.dataset == "ml100k" else f"-{a.dataset}"
     results = []
     if a.steps:
