@@ -101,13 +101,20 @@ class CollabInfo:
     def score(self, history: list[str], target: str, leave_out: bool = False) -> float:
         return float(self.scores(history, [target], leave_out)[0])
 
-    def lift(self, history: list[str], target: str, leave_out: bool = False) -> float:
-        """CI / P(t): how much more likely the history makes t than its popularity alone (0 when t is unseen)."""
+    def prior(self, target: str, leave_out: bool = False) -> float:
+        """P(t) = c(t) / #users (0 for an item never seen in training)."""
         if target not in self.index:
             return 0.0
         c_t = self.users_per_item[self.index[target]] - (1.0 if leave_out else 0.0)
-        n = self.n_users - (1 if leave_out else 0)
-        return self.score(history, target, leave_out) / (c_t / n) if c_t > 0 else 0.0
+        return max(c_t, 0.0) / (self.n_users - (1 if leave_out else 0))
+
+    def lift(self, history: list[str], target: str, leave_out: bool = False, ci: float | None = None) -> float:
+        """CI / P(t): how much more likely the history makes t than its popularity alone (0 when t is unseen); ci:
+        the case's CI when already computed."""
+        p = self.prior(target, leave_out)
+        if p <= 0:
+            return 0.0
+        return (self.score(history, target, leave_out) if ci is None else ci) / p
 
     def sequence_scores(self, sequence: list[str]) -> np.ndarray:
         """CI of every prefix case (sequence[:i], sequence[i]) for i >= 1 of one user's training sequence (distinct

@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
     info = CollabInfo.from_sequences(data.train_sequences())
     cases = data.examples("test")
     ci = np.array([info.score(e.history, e.target) for e in cases])
-    lift = np.array([info.lift(e.history, e.target) for e in cases])
+    lift = np.array([info.lift(e.history, e.target, ci=c) for e, c in zip(cases, ci)])
     dist = distribution(data, info, cases, ci, lift)
     hits = {}
     for name in a.backends.split(",") if a.backends else backends_for("recommend"):

@@ -270,10 +270,10 @@ def calibrate_min_steps(out: Path, data_dir: Path, docids_dir: Path) -> dict:
 
     dirs = {"retrieval": data_dir}
     backend = DiffuGRBackend.load(out)
-    by_steps = {t: evaluate_ranking("retrieve", backend, "valid", dirs, options={"steps": t})["recall@10"]
+    by_steps = {t: evaluate_ranking("retrieve", backend, "valid", dirs, options={"steps": t}, timed=False)["recall@10"]
                 for t in range(1, backend.length + 1)}
     bm25 = load_backend(docids_dir.parent.parent, "retrieve", "bm25")
-    fallback = evaluate_ranking("retrieve", bm25, "valid", dirs)["recall@10"]
+    fallback = evaluate_ranking("retrieve", bm25, "valid", dirs, timed=False)["recall@10"]
     min_steps = next((t for t, r in sorted(by_steps.items()) if r >= fallback), backend.length)
     meta = read_meta(out)
     meta.update(min_steps=min_steps, valid_recall10_by_steps={str(t): round(r, 4) for t, r in by_steps.items()},

@@ -86,7 +86,8 @@ def latency(backend: Backend, requests: list[Request], sample: int = 100) -> dic
 
 
 def evaluate_ranking(task: str, backend: Backend, split: str, data_dirs: dict, limit: int | None = None,
-                     batch_size: int = 64, options: dict | None = None) -> dict:
+                     batch_size: int = 64, options: dict | None = None, timed: bool = True) -> dict:
+    """Quality on the whole split; with `timed`, also latency at batch 1 on a sample (latency())."""
     reqs, qrels, _ = task_requests(task, split, data_dirs)
     reqs = reqs[:limit] if limit else reqs
     for r in reqs:
@@ -100,7 +101,7 @@ def evaluate_ranking(task: str, backend: Backend, split: str, data_dirs: dict, l
     name = ("geometry" if options and options.get("decoder_weight") == 0 else backend.name) + (
         f"@{options['steps']}" if options and "steps" in options else "")
     return {"task": task, "backend": name, "split": split, "queries": len(reqs), **scores,
-            **latency(backend, reqs), "config": backend.config(reqs[0]) if reqs else {}}
+            **(latency(backend, reqs) if timed else {}), "config": backend.config(reqs[0]) if reqs else {}}
 
 
 # ---------------------------------------------------------------- question answering
