@@ -35,6 +35,7 @@ from indexing.data import load_retrieval
 from models.artifacts import read_meta, write_meta
 from models.beam import MASKED
 from models.diffugr.backend import ARDocIDBackend, DiffuGRBackend
+from models.diffugr.geometry import geometry_prior
 from models.diffugr.network import DocIDDecoder, DocIDDecoderConfig
 from models.docids import DocIDs
 from models.encoders.sentence import encode_tokens, pooled
@@ -86,29 +87,22 @@ class GeometryTeacher:
         self._members: dict[tuple, np.ndarray] = {}
 
     def members(self, prefix: tuple) -> np.ndarray:
+        """Rows of the documents whose DocID starts with prefix (cached: batches revisit the same prefixes)."""
         if prefix not in self._members:
-            mask = np.ones(len(self.codes), dtype=bool)
-            for p, t in enumerate(prefix):
-                mask &= self.codes[:, p] == t
-            self._members[prefix] = np.flatnonzero(mask)
+            self._members[prefix] = np.flatnonzero((self.codes[:, :len(prefix)] == prefix).all(axis=1))
         return self._members[prefix]
 
     def targets(self, qvecs: np.ndarray, rows: np.ndarray, fixed: np.ndarray) -> torch.Tensor:
         """qvecs (B, d) query vectors, rows (B,) the DocID row each example follows, fixed (B,) how many leading
         positions are fixed -> (B, L, V) target distributions (zero rows at the fixed positions)."""
         B, L = len(rows), self.codes.shape[1]
+        prior = geometry_prior(qvecs @ self.vectors.T, self.codes, self.vocab, self.tau)
         out = np.zeros((B, L, self.vocab), dtype=np.float32)
         for i in range(B):
-            cons = self.members(tuple(self.codes[rows[i], :fixed[i]]))
-            s = self.vectors[cons] @ qvecs[i]
-            for p in range(fixed[i], L):
-                count = np.bincount(self.codes[cons, p], minlength=self.vocab)
-                total = np.bincount(self.codes[cons, p], weights=s, minlength=self.vocab)
-                ok = count > 0
-                logits = np.full(self.vocab, -np.inf)
-                logits[ok] = total[ok] / count[ok] / self.tau
-                e = np.exp(logits - logits[ok].max())
-                out[i, p] = e / e.sum()
+            positions = list(range(fixed[i], L))
+            logits = prior(i, self.members(tuple(self.codes[rows[i], :fixed[i]])), positions)[positions]
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            out[i, positions] = e / e.sum(axis=1, keepdims=True)
         return torch.from_numpy(out)
 
 
