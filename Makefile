@@ -73,8 +73,15 @@ collab-info: artifacts ml1m
 	$(BIN)/python -m training.collab_info --dataset ml100k --artifacts $(ART)
 	$(BIN)/python -m training.collab_info --dataset ml1m
 
-serve: artifacts agent gems
-	UNISR_ARTIFACTS_DIR=$(ART) $(BIN)/python -m service
+# the cheap backends (BM25, dense, popularity, co-occurrence, the co-occurrence counts): all the gateway needs to open
+$(ART)/search/bm25/meta.json:
+	$(BIN)/python -m indexing.build --artifacts $(ART)
+
+# serve first, improve while running: the gateway opens on the cheap backends; the job runner (service/jobs.py)
+# trains SASRec, DiffuGR, the agent and GEMS one at a time in the background and swaps each in once validated
+serve: data lm
+	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json
+	UNISR_ARTIFACTS_DIR=$(ART) UNISR_RUN_JOBS=true $(BIN)/python -m service
 
 test: artifacts
 	bash deploy/ensure-redis.sh

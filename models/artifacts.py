@@ -1,7 +1,10 @@
-"""Artifact helpers: where a backend's files live (<artifacts>/<task>/<backend>/) and its meta.json."""
+"""Artifact helpers: where a backend's files live (<artifacts>/<task>/<backend>/), its meta.json, and versions of
+an artifacts directory (published by the background job runner, served through <root>/CURRENT)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,3 +21,66 @@ def write_meta(directory: Path, **meta) -> None:
 
 def read_meta(directory: Path) -> dict:
     return json.loads((Path(directory) / "meta.json").read_text())
+
+
+# ---------------------------------------------------------------- versions
+# An artifacts root (e.g. artifacts/) holds versions side by side: v1 (what `make artifacts` builds), then v2, v3, ...
+# each published by the background job runner (service/jobs.py) when a trained checkpoint passed its validation.
+# <root>/CURRENT names the version to serve; it is replaced atomically (os.replace), so a reader sees the old name or
+# the new one, never a half-written file. A version is never modified once published: a new checkpoint makes a new
+# version (hard links to the unchanged files of the one it extends, so a version costs only its new files), and the
+# previous versions stay for rollback.
+POINTER = "CURRENT"
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy the tree src to dst with hard links (a plain copy across file systems); symlinks stay symlinks."""
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    shutil.copytree(src, dst, symlinks=True, copy_function=link)
+
+
+def served_version(artifacts_dir: Path) -> Path:
+    """The version to serve: the one <root>/CURRENT names (root = the parent of artifacts_dir) when a job runner
+    has published one and it exists, else artifacts_dir itself."""
+    pointer = Path(artifacts_dir).parent / POINTER
+    if pointer.exists():
+        named = pointer.parent / pointer.read_text().strip()
+        if named.is_dir():
+            return named
+    return Path(artifacts_dir)
+
+
+def version_number(path: Path) -> int | None:
+    name = Path(path).name
+    return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else None
+
+
+def publish_version(base: Path, stage: Path, outputs: list[str]) -> Path:
+    """A new version <root>/v<N+1>: the served version (served_version(base)) with each relative path in `outputs`
+    taken from `stage`; then CURRENT names it. Returns the new version's directory."""
+    served = served_version(base)
+    root = Path(base).parent
+    number = 1 + max([n for p in root.iterdir() if (n := version_number(p)) is not None] or [0])
+    new, tmp = root / f"v{number}", root / f".v{number}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    link_tree(served, tmp)
+    for rel in outputs:
+        target, source = tmp / rel, Path(stage) / rel
+        if not (source / "meta.json").exists() and not source.is_file():
+            raise FileNotFoundError(f"the job did not produce {rel} (no {source / 'meta.json'})")
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link_tree(source, target) if source.is_dir() else shutil.copy2(source, target)
+    os.replace(tmp, new)
+    pointer_tmp = root / f".{POINTER}.tmp"
+    pointer_tmp.write_text(new.name + "\n")
+    os.replace(pointer_tmp, root / POINTER)
+    return new

@@ -127,3 +127,18 @@ def response(service: AgentService, question: str, budget_ms: float, start: floa
             "max_hops": plan.hops, "stop_reason": trace.stop_reason, "model": service.model_name,
             "took_ms": (time.monotonic() - start) * 1000, "latency_budget_ms": budget_ms, "degraded": False,
             "degraded_reason": None}
+
+
+def load_agent(settings, retriever=None):
+    """The agentic-search service for settings (service.settings.Settings), or None (mode=agentic then answers 503)
+    when it is off or cannot load."""
+    if not settings.agent:
+        return None
+    try:
+        agent = AgentService.load(settings.artifacts_dir, settings.data_dir, settings.agent_lm, retriever)
+    except (FileNotFoundError, OSError, ImportError) as e:
+        log.warning("agent_unavailable", error=str(e))
+        return None
+    if settings.warmup:
+        agent.warm_up()
+    return agent

@@ -13,10 +13,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from service.agentic import AgentService
+from models.artifacts import served_version
+from service.agentic import load_agent
 from service.engine import Engine
+from service.jobs import JobRunner
 from service.logs import configure_logging
 from service.middleware import BodyLimitMiddleware
+from service.reload import attach, follow_versions
 from service.routers import admin, events, health, recommend, retrieve, search
 from service.schemas import ERRORS
 from service.settings import Settings
@@ -28,24 +31,14 @@ log = structlog.get_logger("unisr.app")
 
 
 def load_state(app: FastAPI, settings: Settings) -> None:
+    """Catalogue, engine and agent; with follow_versions, of the version <artifacts root>/CURRENT names (the newest
+    one a job runner published), else of settings.artifacts_dir."""
     catalog = Catalog.load(settings.data_dir / "ml100k", settings.data_dir / "strategyqa-facts")
-    engine = Engine.start(settings, catalog)
+    if settings.follow_versions:
+        settings = settings.model_copy(update={"artifacts_dir": served_version(settings.artifacts_dir)})
+    engine = attach(Engine.start(settings, catalog), app.state.settings)
     app.state.catalog, app.state.engine = catalog, engine
     app.state.agent = load_agent(settings, engine.backends["retrieve"].get("bm25"))
-
-
-def load_agent(settings: Settings, retriever=None):
-    """The agentic-search service, or None (mode=agentic then answers 503) when it is off or cannot load."""
-    if not settings.agent:
-        return None
-    try:
-        agent = AgentService.load(settings.artifacts_dir, settings.data_dir, settings.agent_lm, retriever)
-    except (FileNotFoundError, OSError, ImportError) as e:
-        log.warning("agent_unavailable", error=str(e))
-        return None
-    if settings.warmup:
-        agent.warm_up()
-    return agent
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,8 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.events.start()
         await asyncio.to_thread(load_state, app, settings)
         log.info("ready", seconds=round(time.perf_counter() - t0, 2), cache=app.state.cache.kind,
-                 events=app.state.events.kind, artifacts=str(settings.artifacts_dir))
+                 events=app.state.events.kind, artifacts=str(app.state.engine.settings.artifacts_dir))
+        runner = (JobRunner(settings.artifacts_dir, settings.data_dir, settings.jobs, settings.job_args,
+                            settings.job_floors).start() if settings.run_jobs else None)
+        watcher = (asyncio.create_task(follow_versions(app.state, settings.version_poll_s))
+                   if settings.follow_versions else None)
         yield
+        if watcher is not None:
+            watcher.cancel()
+        if runner is not None:  # the running job is interrupted; its stage stays and resumes on the next start
+            await asyncio.to_thread(runner.stop)
         app.state.engine.close()
         await app.state.events.close()
         await app.state.cache.close()

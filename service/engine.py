@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -50,6 +51,8 @@ class Engine:
         self.settings = settings
         self.backends = backends  # task -> name -> backend
         self.collab = collab  # co-occurrence counts behind /recommend?explain=true (None: not built)
+        # backend name -> why it is not loaded yet, or None (service/reload.py attaches the job runner's progress)
+        self.pending: Callable[[str], str | None] = lambda backend: None
         self.batchers: dict[tuple[str, str], Batcher] = {
             (task, name): Batcher(task, backend, settings.batch_max_size, settings.batch_max_wait_ms)
             for task, by_name in backends.items() for name, backend in by_name.items()
@@ -115,8 +118,16 @@ class Engine:
             if name not in backends_for(task) or not self.backends[task]:
                 raise UnknownBackend(f"unknown backend {name!r} for {task}; available: "
                                      f"{', '.join(self.available(task))}")
-            name = self.cheapest(task)  # known backend whose artifacts are missing: serve, degraded
+            # a known backend whose artifacts are missing (e.g. still training): the task's best loaded substitute
+            name = next((n for n in self.settings.substitutes.get(task, []) if n in self.backends[task]),
+                        self.cheapest(task))
         return name
+
+    def not_loaded_reason(self, requested: str, served: str) -> str:
+        pending = self.pending(requested)
+        if pending:
+            return f"{requested} is not served yet: {pending}; answered by {served}"
+        return f"{requested} not loaded; answered by {served}"
 
     async def answer(self, request: Request, backend: str | None, budget_ms: float) -> Outcome:
         task = request.task
@@ -125,7 +136,7 @@ class Engine:
         start = time.monotonic()
         deadline = start + budget_ms / 1000.0
         fallback = self.cheapest(task)
-        degraded, reason = name != requested, (f"{requested} not loaded" if name != requested else None)
+        degraded, reason = name != requested, (self.not_loaded_reason(requested, name) if name != requested else None)
         chosen = self.backends[task][name]
         if name != fallback and not chosen.plan(request, budget_ms):
             degraded, reason = True, (f"{name} needs ~{chosen.estimate_ms(request):.1f} ms, over the "

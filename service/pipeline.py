@@ -35,7 +35,9 @@ async def ranked(endpoint: str, request: Request, backend: str | None, budget_ms
                  catalog, cache, settings: Settings, cache_params: dict, cold_start: bool = False) -> RankedResponse:
     t0 = time.perf_counter()
     budget = float(budget_ms or settings.default_latency_budget_ms)
-    key = cache_key(endpoint, {**cache_params, "backend": backend, "budget": budget})
+    # the served version is part of the key: after a swap (a new checkpoint) no answer of the old one is reused
+    key = cache_key(endpoint, {**cache_params, "backend": backend, "budget": budget,
+                               "version": str(engine.settings.artifacts_dir)})
     hit = await cache.get(key)
     if hit is not None:
         resp = RankedResponse(**{**hit, "cached": True, "took_ms": (time.perf_counter() - t0) * 1000})

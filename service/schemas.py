@@ -85,6 +85,25 @@ class ReloadResult(BaseModel):
     seconds: float
 
 
+class Job(BaseModel):
+    name: str
+    state: str
+    summary: str
+    progress: dict | None = None
+    validation: dict | None = None
+    version: str | None = None
+    error: str | None = None
+    log: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    seconds: float | None = None
+
+
+class JobsStatus(BaseModel):
+    serving: str  # the artifacts version the engine serves now
+    jobs: list[Job]
+
+
 class FieldError(BaseModel):
     loc: list[str | int]
     msg: str

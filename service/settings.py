@@ -33,6 +33,19 @@ class Settings(RuntimeSettings):
     events_recent_per_user: int = Field(200, ge=1)  # latest events per user appended to their history
     # hot reload (POST /admin/reload): unset token = admin endpoints answer 403
     admin_token: str | None = None
+    # the backends a task falls back to, best first, when the one asked for is not loaded (e.g. still training)
+    substitutes: dict[str, list[str]] = {"search": ["bm25", "dense"], "recommend": ["cooc", "popularity"],
+                                         "retrieve": ["dense", "bm25"]}
+    # background training (service/jobs.py): run_jobs starts the runner with the gateway (`make serve` does); jobs
+    # are run cheapest first; job_args are appended to a job's training command (e.g. {"sasrec": ["--epochs", "3"]}),
+    # job_floors override acceptance floors (training/eval/expected.yaml). follow_versions: serve what
+    # <artifacts root>/CURRENT names and swap in each version a runner publishes (polled every version_poll_s).
+    run_jobs: bool = False
+    jobs: list[str] = ["sasrec", "diffugr", "agent", "gems"]
+    job_args: dict[str, list[str]] = {}
+    job_floors: dict[str, float] = {}
+    follow_versions: bool = True
+    version_poll_s: float = Field(2.0, gt=0)
     # limits
     max_body_bytes: int = Field(64 * 1024, ge=1)
     cors_origins: list[str] = []  # empty: no CORS headers at all

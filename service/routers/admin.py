@@ -1,30 +1,25 @@
 """POST /admin/reload: load a new engine beside the serving one and swap it in; POST /admin/rollback: go back to the
-artifacts directory served before the last successful reload (bearer token required for both).
-
-Requests already running keep the engine they started with (each takes `app.state.engine` once, in
-service/deps.py); the old engine is dropped when the last of them finishes. Each successful reload pushes the
-directory it replaced onto `app.state.previous_artifacts` (this process only; a restart starts from the settings'
-directory); a rollback pops it.
+artifacts directory served before the last successful swap; GET /admin/jobs: the background training jobs
+(service/jobs.py). A bearer token (UNISR_ADMIN_TOKEN) is required for all three: without it, or with a wrong one,
+they answer 401 with WWW-Authenticate: Bearer (HTTP's answer to missing credentials); with no token configured the
+admin endpoints are off and answer 403. How the swap works: service/reload.py.
 """
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
 from pathlib import Path
 
-import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service import metrics
-from service.engine import Engine
-from service.schemas import ErrorResponse, ReloadBody, ReloadResult
+from service.jobs import describe, read_state
+from service.reload import ReloadBusy, ReloadFailed, swap
+from service.schemas import ErrorResponse, JobsStatus, ReloadBody, ReloadResult
 
-log = structlog.get_logger("unisr.admin")
 router = APIRouter(prefix="/admin", tags=["admin"])
 bearer = HTTPBearer(auto_error=False)
-_reload_lock = asyncio.Lock()
+REFUSED = {401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+           403: {"model": ErrorResponse, "description": "admin disabled (no UNISR_ADMIN_TOKEN)"}}
 
 
 def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -32,13 +27,13 @@ def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | 
     if not token:
         raise HTTPException(403, "admin disabled: set UNISR_ADMIN_TOKEN to enable the admin endpoints")
     if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer <UNISR_ADMIN_TOKEN>)",
+                            headers={"WWW-Authenticate": "Bearer"})
 
 
 @router.post("/reload", response_model=ReloadResult, dependencies=[Depends(require_admin)],
              responses={400: {"model": ErrorResponse, "description": "the directory holds no loadable artifacts"},
-                        401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
-                        403: {"model": ErrorResponse, "description": "admin disabled (no UNISR_ADMIN_TOKEN)"},
+                        **REFUSED,
                         409: {"model": ErrorResponse, "description": "another reload is running"}})
 async def reload(request: Request, body: ReloadBody | None = None) -> ReloadResult:
     current = request.app.state.engine.settings.artifacts_dir
@@ -48,8 +43,7 @@ async def reload(request: Request, body: ReloadBody | None = None) -> ReloadResu
 
 @router.post("/rollback", response_model=ReloadResult, dependencies=[Depends(require_admin)],
              responses={400: {"model": ErrorResponse, "description": "the previous directory no longer loads"},
-                        401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
-                        403: {"model": ErrorResponse, "description": "admin disabled (no UNISR_ADMIN_TOKEN)"},
+                        **REFUSED,
                         409: {"model": ErrorResponse, "description": "no previous version, or a reload is running"}})
 async def rollback(request: Request) -> ReloadResult:
     history: list[Path] = getattr(request.app.state, "previous_artifacts", [])
@@ -60,33 +54,19 @@ async def rollback(request: Request) -> ReloadResult:
 
 
 async def _swap(request: Request, directory: Path, rollback: bool) -> ReloadResult:
-    state = request.app.state
-    old: Engine = state.engine
-    if not directory.is_dir():
-        raise HTTPException(400, f"artifacts_dir {str(directory)!r} is not a directory")
-    if _reload_lock.locked():
-        raise HTTPException(409, "a reload is already running")
-    async with _reload_lock:
-        t0 = time.perf_counter()
-        settings = old.settings.model_copy(update={"artifacts_dir": directory})
-        try:
-            engine = await asyncio.to_thread(Engine.start, settings, state.catalog)
-        except Exception as e:  # noqa: BLE001 - the serving engine stays; the caller gets the reason
-            metrics.RELOADS.labels("failed").inc()
-            log.warning("reload_failed", artifacts=str(directory), error=repr(e))
-            raise HTTPException(400, f"could not load {directory}: {e}") from None
-        state.engine = engine  # one assignment: each request sees the old or the new engine, whole
-        history = getattr(state, "previous_artifacts", None)
-        if history is None:
-            history = state.previous_artifacts = []
-        if rollback:
-            history.pop()
-        else:
-            history.append(old.settings.artifacts_dir)
-        seconds = time.perf_counter() - t0
-    metrics.RELOADS.labels("ok").inc()
-    log.info("rolled_back" if rollback else "reloaded", artifacts=str(directory),
-             previous=str(old.settings.artifacts_dir), seconds=round(seconds, 2))
-    return ReloadResult(version=directory.resolve().name, artifacts_dir=str(directory),
-                        previous_artifacts_dir=str(old.settings.artifacts_dir),
-                        backends={t: engine.available(t) for t in engine.backends}, seconds=round(seconds, 3))
+    try:
+        return await swap(request.app.state, directory, rollback)
+    except ReloadBusy as e:
+        raise HTTPException(409, str(e)) from None
+    except ReloadFailed as e:
+        raise HTTPException(400, str(e)) from None
+
+
+@router.get("/jobs", response_model=JobsStatus, dependencies=[Depends(require_admin)], responses=REFUSED)
+async def jobs(request: Request) -> JobsStatus:
+    """The background training jobs: state (queued, training, validating, served, rejected, failed, interrupted),
+    progress of the running stage (step of total, ETA), the last validation and the version each one made."""
+    state = read_state(request.app.state.settings.artifacts_dir)
+    engine = request.app.state.engine
+    return JobsStatus(serving=Path(engine.settings.artifacts_dir).name, jobs=[
+        {**{k: v for k, v in j.items() if k != "pid"}, "summary": describe(j)} for j in state["jobs"].values()])

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.jobs import describe, read_state
 from service.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -32,7 +33,8 @@ async def readyz(request: Request):
               "cache_ok": cache_ok, "events": events, "artifacts": str(engine.settings.artifacts_dir),
               "degraded": degraded, "agent": getattr(state, "agent", None) and {
                   "model": state.agent.model_name, "trained": state.agent.trained,
-                  "step_ms": round(state.agent.step_ms, 1), "max_hops": state.agent.max_hops}}
+                  "step_ms": round(state.agent.step_ms, 1), "max_hops": state.agent.max_hops},
+              "jobs": {n: describe(j) for n, j in read_state(state.settings.artifacts_dir)["jobs"].items()}}
     return Health(status="degraded" if degraded else "ready", detail=detail)
 
 

@@ -24,8 +24,7 @@ ENTRYPOINT = DEPLOY / "entrypoint.sh"
 MAKEFILE = ROOT / "Makefile"
 GPU_SERVICES = ("gateway-gpu",)
 # the commands of the Makefile's `artifacts` target (with data, lm and the meta.json targets it makes), in order
-ARTIFACT_STEPS = ("indexing.prepare", "indexing.lm prepare", "indexing.build", "training.train_sasrec",
-                  "indexing.docids", "training.train_diffugr")
+SERVE_STEPS = ("indexing.prepare", "indexing.lm prepare", "indexing.build")  # then the gateway opens
 
 
 @pytest.fixture(scope="module")
@@ -172,15 +171,14 @@ def test_entrypoint_executable():
     assert ENTRYPOINT.is_file()
     assert os.access(ENTRYPOINT, os.X_OK), "deploy/entrypoint.sh is not executable"
     text = ENTRYPOINT.read_text()
-    assert "recommend/sasrec/meta.json" in text
-    for step in ARTIFACT_STEPS:
+    for step in SERVE_STEPS:
         assert f"python -m {step}" in text, step
-    assert "exec python -m service" in text and "UNISR_HOST=0.0.0.0" in text
+    assert "exec python -m service" in text and "exec python -m service.jobs" in text and "UNISR_HOST=0.0.0.0" in text
     r = subprocess.run(["sh", "-n", str(ENTRYPOINT)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
 
 
-def _entrypoint_calls(tmp_path: Path, **env: str) -> list[str]:
+def _entrypoint_calls(tmp_path: Path, *args: str, code: int = 0, **env: str) -> list[str]:
     """Run deploy/entrypoint.sh with a stand-in `python` that records its arguments; the recorded calls."""
     bindir, log = tmp_path / "bin", tmp_path / f"calls-{len(list(tmp_path.glob('calls-*')))}.log"
     bindir.mkdir(exist_ok=True)
@@ -188,33 +186,41 @@ def _entrypoint_calls(tmp_path: Path, **env: str) -> list[str]:
     (bindir / "python").chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path), "UNISR_ARTIFACTS_DIR": str(tmp_path / "art"),
            "UNISR_DATA_DIR": str(tmp_path / "data"), **env}
-    r = subprocess.run(["sh", str(ENTRYPOINT)], env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 0, r.stderr
-    return log.read_text().splitlines()
+    r = subprocess.run(["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == code, r.stderr
+    return log.read_text().splitlines() if log.exists() else []
 
 
-def test_entrypoint_runs_the_artifacts_steps_of_the_makefile_in_order(tmp_path):
+def test_entrypoint_serves_after_the_cheap_steps_of_the_makefile(tmp_path):
+    """`serve` (the default role) builds only what `make serve` builds before the gateway opens, then serves;
+    nothing is trained before the first answer."""
     makefile = MAKEFILE.read_text()
-    for step in ARTIFACT_STEPS:  # the same commands as `make artifacts` runs
+    for step in SERVE_STEPS:  # the same commands as `make serve` runs before it opens
         assert f"python -m {step}" in makefile, step
     calls = _entrypoint_calls(tmp_path)
-    assert [c.split(" --")[0] for c in calls] == [f"-m {s}" for s in ARTIFACT_STEPS] + ["-m service"], calls
-    art, data = tmp_path / "art", tmp_path / "data"
-    sasrec, diffugr = calls[ARTIFACT_STEPS.index("training.train_sasrec")], calls[-2]
-    assert f"--data {data}/ml100k" in sasrec and f"--out {art}/recommend/sasrec" in sasrec
-    assert "--mode diffusion" in diffugr and f"--docids {art}/retrieve/docids" in diffugr
-    assert f"--out {art}/retrieve/diffugr" in diffugr
-    # the trainers' own defaults (their config dataclasses) unless the make-style overrides are set
-    assert "--epochs" not in sasrec and "--epochs" not in diffugr
-    over = _entrypoint_calls(tmp_path, SASREC_EPOCHS="7", DOCID_EPOCHS="3")
-    assert over[3].endswith("--epochs 7") and over[5].endswith("--epochs 3"), over
+    assert [c.split(" --")[0] for c in calls] == [f"-m {s}" for s in SERVE_STEPS] + ["-m service"], calls
+    assert _entrypoint_calls(tmp_path, "serve") == calls
+    assert not any("training." in c for c in calls)
 
 
-def test_entrypoint_skips_what_is_built(tmp_path):
-    art = tmp_path / "art"
-    for d in ("recommend/sasrec", "retrieve/docids", "retrieve/diffugr"):
-        (art / d).mkdir(parents=True)
-        (art / d / "meta.json").write_text("{}")
+def test_entrypoint_train_role_runs_the_job_runner(tmp_path):
+    assert _entrypoint_calls(tmp_path, "train") == ["-m service.jobs"]
+    assert _entrypoint_calls(tmp_path, "bogus", code=2) == []
+
+
+def test_trainer_service_shares_the_artifacts_volume(compose):
+    services = compose["services"]
+    trainer, gateway = services["trainer"], services["gateway"]
+    assert trainer["command"] == ["train"] and trainer["image"] == gateway["image"]
+    volumes = lambda s: {str(v["source"]) if isinstance(v, dict) else v.split(":")[0]: str(
+        v["target"]) if isinstance(v, dict) else v.split(":")[1] for v in s["volumes"]}  # noqa: E731
+    assert volumes(trainer) == volumes(gateway)
+    assert _depends_on(trainer)["gateway"].get("condition") == "service_healthy"
+    assert not trainer.get("ports")
+
+
+def test_entrypoint_skips_an_existing_lm(tmp_path):
     lm = tmp_path / "lm"
     calls = _entrypoint_calls(tmp_path, UNISR_LM=str(lm))
     assert calls[1] == f"-m indexing.lm prepare --dest {lm}", calls  # UNISR_LM missing: prepared there
