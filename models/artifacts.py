@@ -80,7 +80,16 @@ def publish_version(base: Path, stage: Path, outputs: list[str]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         link_tree(source, target) if source.is_dir() else shutil.copy2(source, target)
     os.replace(tmp, new)
-    pointer_tmp = root / f".{POINTER}.tmp"
-    pointer_tmp.write_text(new.name + "\n")
-    os.replace(pointer_tmp, root / POINTER)
+    point_to(new)
     return new
+
+
+def point_to(version: Path) -> bool:
+    """Make <root>/CURRENT name `version` (atomically) when it is a version (v<N>) of its root; False otherwise."""
+    version = Path(version)
+    if version_number(version) is None or not version.is_dir():
+        return False
+    tmp = version.parent / f".{POINTER}.tmp"
+    tmp.write_text(version.name + "\n")
+    os.replace(tmp, version.parent / POINTER)
+    return True

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from models.artifacts import POINTER, served_version
+from models.artifacts import POINTER, point_to, served_version
 from service import metrics
 from service.agentic import load_agent
 from service.engine import Engine
@@ -41,7 +41,10 @@ def attach(engine: Engine, settings) -> Engine:
         job = read_state(settings.artifacts_dir)["jobs"].get(backend)
         if not job or job["state"] not in ("queued", "training", "validating", "served"):
             return None
-        return f"published as {job.get('version')}, being swapped in" if job["state"] == "served" else describe(job)
+        if job["state"] == "served":  # published; unless an admin rolled back since, the swap is on its way
+            current = served_version(settings.artifacts_dir).name == job.get("version")
+            return f"published as {job.get('version')}, being swapped in" if current else None
+        return describe(job)
     engine.pending = pending
     return engine
 
@@ -65,6 +68,8 @@ async def swap(state, directory: Path, rollback: bool = False) -> ReloadResult:
             raise ReloadFailed(f"could not load {directory}: {e}") from None
         attach(engine, state.settings)
         state.engine, state.agent = engine, agent  # each request sees the old or the new engine, whole
+        if state.settings.follow_versions and Path(directory).parent == Path(state.settings.artifacts_dir).parent:
+            point_to(directory)  # a reload or rollback to a version survives a restart (the watcher ignores it)
         history = getattr(state, "previous_artifacts", None)
         if history is None:
             history = state.previous_artifacts = []

@@ -146,6 +146,11 @@ def test_a_job_finishing_under_load_is_swapped_in_without_a_failed_request(base,
         time.sleep(2)  # keep the load on after the swap
         jobs = httpx.get(f"{url}/admin/jobs", headers={"Authorization": "Bearer t"}).json()
         refused = httpx.get(f"{url}/admin/jobs")
+        stop.set()
+        for t in threads:
+            t.join(30)
+        rolled = httpx.post(f"{url}/admin/rollback", headers={"Authorization": "Bearer t"}, timeout=60)
+        after = httpx.get(f"{url}/recommend?user_id=1&k=10").json()
     finally:
         stop.set()
         for t in threads:
@@ -163,4 +168,8 @@ def test_a_job_finishing_under_load_is_swapped_in_without_a_failed_request(base,
     assert any("validating" in r or "published as v2" in r for r in training), set(training)
     assert jobs["serving"] == "v2" and jobs["jobs"][0]["state"] == "served"
     assert jobs["jobs"][0]["validation"]["accepted"] and refused.status_code == 401
+    # the rollback goes back to v1 and says so in CURRENT (a restart serves v1 too)
+    assert rolled.status_code == 200 and rolled.json()["version"] == "v1", rolled.text
+    assert (base.parent / POINTER).read_text().strip() == "v1" and served_version(base) == base
+    assert after["backend"] == "cooc" and after["degraded_reason"] == "sasrec not loaded; answered by cooc"
     print(f"{len(seen)} requests, 0 failed; switched after {switch}")
