@@ -1,0 +1,208 @@
+"""`python -m loadtest.budget`: is the latency budget kept under load? One command, loopback only, bounded in time.
+
+It starts a gateway (uvicorn, 127.0.0.1, the artifacts of UNISR_ARTIFACTS_DIR or --artifacts, warm-up on), then
+for each load level sends `--path` (default: DiffuGR at 4 steps with a 200 ms budget, the measurement of issue
+#16) from N concurrent closed-loop clients for --seconds, and last an open-loop overload at --overload x the
+capacity measured at the first level. Per level it prints: answers, share within budget (+10 ms for the client),
+p50 / p99 of answers, refusals (429 / 503) and their p99, the gateway's peak thread count, and after the overload
+how long until a single request is back under its budget.
+
+    python -m loadtest.budget                          # levels 20 and 200 clients, 30 s each, then 3x for 60 s
+    python -m loadtest.budget --levels 20 --seconds 10 --overload 0
+
+Latencies are measured by the client on the same machine (its own CPU time included): compare within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+PATH = "/retrieve?q={q}&backend=diffugr&steps=4&latency_budget_ms=200&k=10"
+QUERIES = ["is the sun a star", "did the roman empire use paper money", "can penguins fly",
+           "is mount everest in nepal", "was shakespeare born in london", "do bananas grow on trees"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def threads_of(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def start_gateway(port: int, artifacts: Path | None, log: Path, env_extra: dict) -> subprocess.Popen:
+    env = {**os.environ, "UNISR_PORT": str(port), "UNISR_AGENT": "false", "UNISR_LOG_LEVEL": "WARNING", **env_extra}
+    env.pop("UNISR_REDIS_URL", None)
+    if artifacts:
+        env["UNISR_ARTIFACTS_DIR"] = str(artifacts)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host",
+                                 "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("gateway not ready in 300 s")
+
+
+async def closed_loop(url: str, path: str, clients: int, seconds: float, pid: int) -> dict:
+    records: list[tuple[int, float]] = []  # (status, ms)
+    peak = [threads_of(pid)]
+    stop = time.monotonic() + seconds
+
+    async def client(n: int, http: httpx.AsyncClient) -> None:
+        i = n
+        while time.monotonic() < stop:
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                r = await http.get(path.format(q=QUERIES[i % len(QUERIES)].replace(" ", "+")))
+                status = r.status_code
+            except httpx.HTTPError:
+                status = -1
+            records.append((status, (time.perf_counter() - t0) * 1000))
+
+    async def watch() -> None:
+        while time.monotonic() < stop:
+            peak.append(threads_of(pid))
+            await asyncio.sleep(0.5)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        await asyncio.gather(watch(), *(client(n, http) for n in range(clients)))
+    return summarise(f"{clients} clients", records, seconds, max(peak))
+
+
+async def open_loop(url: str, path: str, rate: float, seconds: float, pid: int) -> dict:
+    """Requests sent at a fixed rate whatever the answers' pace (offered load), each on its own task."""
+    records: list[tuple[int, float]] = []
+    peak = [threads_of(pid)]
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            try:
+                r = await http.get(path.format(q=QUERIES[i % len(QUERIES)].replace(" ", "+")))
+                status = r.status_code
+            except httpx.HTTPError:
+                status = -1
+            records.append((status, (time.perf_counter() - t0) * 1000))
+
+        tasks, start, i = [], time.monotonic(), 0
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * rate)
+            while i < due:
+                tasks.append(asyncio.create_task(one(i)))
+                i += 1
+            if i % 50 == 0:
+                peak.append(threads_of(pid))
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+    return summarise(f"open loop {rate:.0f}/s", records, seconds, max(peak))
+
+
+def summarise(label: str, records: list[tuple[int, float]], seconds: float, threads: int,
+              budget_ms: float = 200.0, slack_ms: float = 10.0) -> dict:
+    ok = np.array([ms for s, ms in records if s == 200])
+    refused = np.array([ms for s, ms in records if s in (429, 503)])
+    other = [s for s, _ in records if s not in (200, 429, 503)]
+    within = float(np.mean(ok <= budget_ms + slack_ms)) if len(ok) else 0.0
+    pct = lambda a, q: round(float(np.percentile(a, q)), 1) if len(a) else None  # noqa: E731
+    return {"load": label, "requests": len(records), "answers_per_s": round(len(ok) / seconds, 1),
+            "within_budget": round(within, 4),
+            "fast_or_within": round(float(np.mean([(s == 200 and ms <= budget_ms + slack_ms) or
+                                                   (s in (429, 503) and ms <= 50) for s, ms in records])), 4)
+            if records else 0.0,
+            "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "refused": len(refused), "refused_p99_ms": pct(refused, 99),
+            "errors": len(other), "peak_threads": threads}
+
+
+def recovery_s(url: str, path: str, budget_ms: float = 200.0, limit_s: float = 30.0) -> float | None:
+    """Seconds after the load until one request is answered within its budget again."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        t = time.perf_counter()
+        r = httpx.get(url + path.format(q="is+the+sun+a+star"), timeout=30)
+        if r.status_code == 200 and (time.perf_counter() - t) * 1000 <= budget_ms:
+            return round(time.monotonic() - t0, 2)
+        time.sleep(0.1)
+    return None
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = ["load", "requests", "answers_per_s", "within_budget", "fast_or_within", "p50_ms", "p99_ms", "refused",
+            "refused_p99_ms", "errors", "peak_threads"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c)) for c in cols) + " |")
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", type=Path, default=None)
+    p.add_argument("--path", default=PATH, help="request path; {q} is replaced by a question")
+    p.add_argument("--levels", default="20,200", help="concurrent closed-loop clients per level")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--overload", type=float, default=3.0, help="open-loop rate as a multiple of the first level's "
+                                                               "answers per second (0: skip)")
+    p.add_argument("--overload-seconds", type=float, default=60.0)
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the gateway (e.g. UNISR_MAX_IN_FLIGHT=8)")
+    p.add_argument("--out", type=Path, default=Path("results/budget.json"))
+    a = p.parse_args(argv)
+    port = free_port()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    gateway = start_gateway(port, a.artifacts, a.out.with_suffix(".gateway.log"),
+                            dict(kv.split("=", 1) for kv in a.env))
+    url = f"http://127.0.0.1:{port}"
+    rows: list[dict] = []
+    try:
+        for clients in [int(c) for c in a.levels.split(",")]:
+            rows.append(asyncio.run(closed_loop(url, a.path, clients, a.seconds, gateway.pid)))
+            rows[-1]["recovery_s"] = recovery_s(url, a.path)
+            print(json.dumps(rows[-1]), flush=True)
+        if a.overload > 0 and rows:
+            rate = a.overload * max(1.0, rows[0]["answers_per_s"])
+            rows.append(asyncio.run(open_loop(url, a.path, rate, a.overload_seconds, gateway.pid)))
+            rows[-1]["recovery_s"] = recovery_s(url, a.path)
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        os.killpg(gateway.pid, signal.SIGINT)
+        try:
+            gateway.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(gateway.pid, signal.SIGKILL)
+    a.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
