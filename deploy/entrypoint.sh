@@ -8,6 +8,8 @@
 #   unisr-entrypoint train     the background job runner (python -m service.jobs): SASRec, DiffuGR, the agent,
 #                              GEMS, one at a time, each validated and published as a new artifacts version in the
 #                              shared volume; an interrupted job resumes from its last saved epoch on the next start.
+#   unisr-entrypoint optimise  the self-evolving loop's optimiser (python -m training.optimiser): learns from the
+#                              events in Redis (OPTIMISER_ARGS: its options), publishes validated versions
 #
 # Epochs come from the trainers' config dataclasses; UNISR_JOB_ARGS overrides per job, e.g.
 # '{"diffugr": ["--epochs", "15"]}'.
@@ -19,8 +21,11 @@ DATA="${UNISR_DATA_DIR:-data}"
 ROLE="${1:-serve}"
 if [ "$ROLE" = "train" ]; then
     exec python -m service.jobs
+elif [ "$ROLE" = "optimise" ]; then
+    # shellcheck disable=SC2086 - OPTIMISER_ARGS holds several options
+    exec python -m training.optimiser --artifacts "$ARTIFACTS" --data "$DATA/ml100k" ${OPTIMISER_ARGS:-}
 elif [ "$ROLE" != "serve" ]; then
-    echo "entrypoint: unknown role '$ROLE' (serve or train)" >&2
+    echo "entrypoint: unknown role '$ROLE' (serve, train or optimise)" >&2
     exit 2
 fi
 

@@ -1,10 +1,10 @@
 """The optimiser of the self-evolving loop (issue #17): served interactions train the recommender continually.
 
 It consumes the gateway's event stream (POST /events -> the Redis stream `unisr:events`) through a Redis consumer
-group, and every `--every` events fine-tunes the served SASRec on them (training.evolve.update: naive, replay or
-flashback), validates the candidate against the served checkpoint, and publishes it as a new artifacts version
-(models.artifacts.publish_version) that the gateway swaps in (it follows artifacts/CURRENT). A worse candidate is
-kept out and logged with its figures (artifacts/jobs/optimiser.jsonl).
+group, and every `--every` events (or once the oldest waited `--max-wait-s`) fine-tunes the served SASRec on them
+(training.evolve.update: naive, replay or flashback), validates the candidate against the served checkpoint, and
+publishes it as a new artifacts version (models.artifacts.publish_version) that the gateway swaps in (it follows
+artifacts/CURRENT). A worse candidate is kept out and logged with its figures (artifacts/jobs/optimiser.jsonl).
 
 Exactly once, across crashes: entries are acknowledged (XACK) only after their round was published or rejected;
 entries delivered but not acknowledged (a crash mid-round) are read again first on the next start; and each
@@ -139,15 +139,22 @@ class Optimiser:
         verdict["served"] = new.name
         return verdict
 
-    def run(self, rounds: int | None = None, idle_exit_s: float | None = None) -> list[dict]:
-        """Rounds of `every` events until `rounds` were run (None: forever). With idle_exit_s, a partial round is
-        learned once no event arrived for that long, and the loop ends when nothing is left."""
-        results, seen, last_change = [], 0, time.monotonic()
+    def run(self, rounds: int | None = None, idle_exit_s: float | None = None,
+            max_wait_s: float | None = None) -> list[dict]:
+        """Rounds of `every` events until `rounds` were run (None: forever); a partial round is learned once its
+        first event waited max_wait_s. With idle_exit_s, a partial round is learned once no event arrived for that
+        long, and the loop ends when nothing is left."""
+        results, seen, last_change, first_seen = [], 0, time.monotonic(), None
         while rounds is None or len(results) < rounds:
+            if not (self.served_dir() / "meta.json").exists():  # SASRec not trained/published yet: wait for it
+                time.sleep(5)
+                continue
             entries = self.read()
             if len(entries) != seen:
                 seen, last_change = len(entries), time.monotonic()
-            quiet = idle_exit_s is not None and time.monotonic() - last_change >= idle_exit_s
+            first_seen = (first_seen or time.monotonic()) if entries else None
+            quiet = (idle_exit_s is not None and time.monotonic() - last_change >= idle_exit_s) or (
+                max_wait_s is not None and first_seen is not None and time.monotonic() - first_seen >= max_wait_s)
             if not entries:
                 if quiet:
                     break
@@ -156,7 +163,7 @@ class Optimiser:
                 time.sleep(0.2)  # the round is still filling up: its entries stay pending and are read again
                 continue
             results.append(self.round(entries))
-            seen, last_change = 0, time.monotonic()
+            seen, last_change, first_seen = 0, time.monotonic(), None
             print(json.dumps(results[-1]), flush=True)
         return results
 
@@ -177,17 +184,20 @@ def main(argv=None) -> None:
     p.add_argument("--method", default="flashback", choices=["naive", "replay", "flashback"])
     p.add_argument("--tolerance", type=float, default=0.01, help="old-period HR@10 drop allowed")
     p.add_argument("--min-gain", type=float, default=0.0, help="newest-period HR@10 gain required")
+    p.add_argument("--old-users", type=int, default=943, help="test-split users of the old-period check")
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without a full round")
+    p.add_argument("--max-wait-s", type=float, default=600.0, help="learn a partial round once its first event "
+                   "waited this long (the 'every M minutes' of the loop)")
+    p.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without a new event")
     p.add_argument("--update-epochs", type=int, default=EvolveConfig.update_epochs)
     add_threads_arg(p, default=1)
     a = p.parse_args(argv)
     set_threads(a.threads)
     torch.manual_seed(0), random.seed(0)
     opt = Optimiser(redis.Redis.from_url(a.redis_url), a.stream, a.artifacts, a.data, a.every, a.method,
-                    tolerance=a.tolerance, min_gain=a.min_gain,
+                    tolerance=a.tolerance, min_gain=a.min_gain, old_users=a.old_users,
                     cfg=replace(EvolveConfig(), update_epochs=a.update_epochs))
-    opt.run(a.rounds, a.idle_exit_s)
+    opt.run(a.rounds, a.idle_exit_s, a.max_wait_s)
 
 
 if __name__ == "__main__":

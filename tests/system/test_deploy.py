@@ -206,6 +206,8 @@ def test_entrypoint_serves_after_the_cheap_steps_of_the_makefile(tmp_path):
 
 def test_entrypoint_train_role_runs_the_job_runner(tmp_path):
     assert _entrypoint_calls(tmp_path, "train") == ["-m service.jobs"]
+    [optimise] = _entrypoint_calls(tmp_path, "optimise", OPTIMISER_ARGS="--every 7")
+    assert optimise == f"-m training.optimiser --artifacts {tmp_path}/art --data {tmp_path}/data/ml100k --every 7"
     assert _entrypoint_calls(tmp_path, "bogus", code=2) == []
 
 
