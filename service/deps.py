@@ -51,6 +51,7 @@ EventsDep = Annotated[EventStore, Depends(get_events)]
 AgentDep = Annotated[AgentService | None, Depends(get_agent)]
 
 
-def user_history(catalog: Catalog, events, user_id: str | None) -> list[str]:
-    """A user's items, oldest first: the catalogue's interaction log, then the latest events posted."""
-    return catalog.history(user_id) + events.recent(user_id)
+async def user_history(catalog: Catalog, events: EventStore, user_id: str | None) -> list[str]:
+    """A user's items, oldest first: the catalogue's interaction log, then the latest events posted (to any replica
+    when the events live in Redis: EventStore.recent_shared)."""
+    return catalog.history(user_id) + await events.recent_shared(user_id)

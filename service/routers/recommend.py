@@ -59,7 +59,7 @@ async def recommend(
     explain: bool = Query(False, description="add each result's collaborative information (collab_info)"),
     *, engine: EngineDep, catalog: CatalogDep, cache: CacheDep, settings: SettingsDep, events: EventsDep,
 ) -> RankedResponse:
-    history = user_history(catalog, events, user_id)
+    history = await user_history(catalog, events, user_id)
     return await _recommend(user_id, history, k, latency_budget_ms, backend, engine, catalog,
                             cache, settings, explain)
 
@@ -69,6 +69,6 @@ async def recommend_with_history(
     body: RecommendBody, engine: EngineDep, catalog: CatalogDep, cache: CacheDep, settings: SettingsDep,
     events: EventsDep,
 ) -> RankedResponse:
-    history = body.history or user_history(catalog, events, body.user_id)
+    history = body.history or await user_history(catalog, events, body.user_id)
     return await _recommend(body.user_id, history, body.k, body.latency_budget_ms, body.backend, engine, catalog,
                             cache, settings, body.explain)

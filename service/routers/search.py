@@ -42,7 +42,7 @@ async def search(
         return await agentic_search(q, latency_budget_ms, stream, agent, catalog, settings, engine)
     if stream:
         raise HTTPException(422, "stream=true goes with mode=agentic (ranked results are not streamed)")
-    request = Request("search", query=q, user_id=user_id, history=user_history(catalog, events, user_id),
+    request = Request("search", query=q, user_id=user_id, history=await user_history(catalog, events, user_id),
                       k=k)
     return await ranked("search", request, backend, latency_budget_ms, engine=engine, catalog=catalog, cache=cache,
                         settings=settings, cache_params={"q": q, "user_id": user_id, "k": k})

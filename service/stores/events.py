@@ -30,12 +30,16 @@ from service.stores.event_log import EventLog
 log = structlog.get_logger("unisr.events")
 
 KEY_PREFIX = "unisr:event-key:"
-# KEYS[1] idempotency key, KEYS[2] stream; ARGV[1] event JSON, ARGV[2] key TTL (s). {1, id} new, {0, id} repeat.
+# KEYS[1] idempotency key, KEYS[2] stream, KEYS[3] the user's recent items (a sorted set by timestamp, shared by every
+# replica); ARGV[1] event JSON, ARGV[2] key TTL (s), ARGV[3] timestamp, ARGV[4] item id, ARGV[5] items kept per user.
+# {1, id} new, {0, id} repeat.
 RECORD_LUA = """
 local seen = redis.call('GET', KEYS[1])
 if seen then return {0, seen} end
 local id = redis.call('XADD', KEYS[2], '*', 'event', ARGV[1])
 redis.call('SET', KEYS[1], id, 'EX', tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), id .. ' ' .. ARGV[4])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1 - tonumber(ARGV[5]))
 return {1, id}
 """
 REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
@@ -113,8 +117,27 @@ class EventStore:
             del items[0]
 
     def recent(self, user_id: str | None) -> list[str]:
-        """The user's latest event item ids, oldest first."""
+        """The user's latest event item ids, oldest first, as this replica has seen them."""
         return [item for _, item in self._recent.get(user_id or "", [])]
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self.settings.events_stream}:recent:{user_id}"
+
+    async def recent_shared(self, user_id: str | None) -> list[str]:
+        """The user's latest event item ids, oldest first: from Redis (what every replica recorded) when it is
+        configured and answers, else this replica's view (recent())."""
+        if not user_id or self.redis is None or self.pending > 0:  # a backlog in the local log: Redis lags behind
+            return self.recent(user_id)
+        try:
+            members = await self.redis.zrange(self._user_key(user_id), 0, -1)
+        except REDIS_DOWN:
+            return self.recent(user_id)
+        return [m.decode().split(" ", 1)[1] for m in members]
+
+    def _script_args(self, event: dict) -> dict:
+        return {"keys": [KEY_PREFIX + event["key"], self.settings.events_stream, self._user_key(event["user_id"])],
+                "args": [event_json(event), self.settings.events_key_ttl_s, float(event["timestamp"]),
+                         event["item_id"], self.settings.events_recent_per_user]}
 
     # -- recording -------------------------------------------------------------------------------------------
     async def record(self, event: dict) -> tuple[bool, str, str]:
@@ -122,8 +145,7 @@ class EventStore:
         event = {**event, "timestamp": event.get("timestamp") or time.time()}
         if self.redis is not None and self.pending <= 0 and event["key"] not in self._keys:
             try:
-                created, sid = await self._script(keys=[KEY_PREFIX + event["key"], self.settings.events_stream],
-                                                  args=[event_json(event), self.settings.events_key_ttl_s])
+                created, sid = await self._script(**self._script_args(event))
                 self.redis_ok = True
                 return self._acked(event, bool(created), "redis", sid.decode() if isinstance(sid, bytes) else sid)
             except REDIS_DOWN as e:
@@ -155,8 +177,7 @@ class EventStore:
                 break
             pipe = self.redis.pipeline(transaction=False)
             for _, event in chunk:
-                await self._script(keys=[KEY_PREFIX + event["key"], self.settings.events_stream],
-                                   args=[event_json(event), self.settings.events_key_ttl_s], client=pipe)
+                await self._script(**self._script_args(event), client=pipe)
             await pipe.execute()
             cursor = chunk[-1][0]
             await asyncio.to_thread(self.log.set_cursor, cursor)

@@ -189,3 +189,25 @@ def test_redis_down_events_go_to_the_log_and_replay(settings, redis_db, tmp_path
         assert c.get("/readyz").json()["status"] == "ready"
     keys = [json.loads(f[b"event"])["key"] for _, f in redis_db.xrange("unisr:events-replay")]
     assert keys == [key]
+
+
+def test_two_replicas_share_a_users_recent_history(settings, redis_db, tmp_path):
+    """Two gateways on one Redis: an event posted to one changes the other's answers for that user at once (the
+    per-user recent items live in Redis, not in each replica's memory). A new user is a cold start on both until
+    the event, then neither."""
+    user = f"new-{uuid.uuid4().hex[:8]}"
+    apps = []
+    for n in range(2):
+        s = settings.model_copy(update={"warmup": False, "redis_url": REDIS_URL, "events_stream": "unisr:events-2r",
+                                        "events_log": tmp_path / f"events-{n}.log"})
+        apps.append(TestClient(create_app(s)))
+    with apps[0] as a, apps[1] as b:
+        assert a.get(f"/recommend?user_id={user}&k=5").json()["cold_start"]
+        assert b.get(f"/recommend?user_id={user}&k=5").json()["cold_start"]
+        assert a.post("/events", json=event(f"k-{uuid.uuid4()}", user=user, item="50")).status_code == 201
+        assert a.post("/events", json=event(f"k-{uuid.uuid4()}", user=user, item="172")).status_code == 201
+        seen_by_b = b.get(f"/recommend?user_id={user}&k=5&backend=cooc").json()
+        assert not seen_by_b["cold_start"]
+        assert seen_by_b == {**a.get(f"/recommend?user_id={user}&k=5&backend=cooc").json(),
+                             "took_ms": seen_by_b["took_ms"], "cached": seen_by_b["cached"]}
+        assert redis_db.zcard(f"unisr:events-2r:recent:{user}") == 2
