@@ -28,7 +28,7 @@ import copy
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,9 @@ def time_split(data_dir: Path, cfg: EvolveConfig) -> dict:
             "cut": float(cut), "past": len(past), "future": len(future)}
 
 
-def evaluate(model: SASRec, items: list[str], cases: list[Case]) -> dict[str, float]:
+def evaluate(model: SASRec, items: list[str], cases: list[Case], per_case: bool = False) -> dict:
+    """HR@10 and NDCG@10 of the model's answers (the served backend's code path); with per_case, also each case's
+    hit (0/1 string) for paired comparisons between methods on the same cases."""
     backend = SASRecBackend(model.eval(), items)
     from models.backend import Request
 
@@ -101,7 +103,19 @@ def evaluate(model: SASRec, items: list[str], cases: list[Case]) -> dict[str, fl
     ranked = []
     for b in range(0, len(reqs), 256):
         ranked += [[h.id for h in a.hits] for a in backend.answer(reqs[b:b + 256])]
-    return single_target(ranked, [items[c.target - 1] for c in cases], ["hit_rate@10", "ndcg@10"])
+    targets = [items[c.target - 1] for c in cases]
+    scores = single_target(ranked, targets, ["hit_rate@10", "ndcg@10"])
+    if per_case:
+        scores["hits"] = "".join("1" if t in r[:10] else "0" for r, t in zip(ranked, targets))
+    return scores
+
+
+def method_config(spec: str, cfg: EvolveConfig) -> tuple[str, EvolveConfig]:
+    """"flashback" or "flashback:0.1" (the flashback weight for this row) -> (method, its config)."""
+    method, _, weight = spec.partition(":")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)} (flashback:W sets its weight)")
+    return method, (replace(cfg, flashback_weight=float(weight)) if weight else cfg)
 
 
 def windows_of(seq: list[int], max_len: int, first_target: int = 1) -> list[tuple[list[int], list[int]]]:
@@ -198,44 +212,62 @@ def update(model: SASRec, method: str, window: dict, past: list[list[int]], cfg:
     return model.eval()
 
 
-def run(data_dir: Path, cfg: EvolveConfig, methods=METHODS) -> dict:
+def run(data_dir: Path, cfg: EvolveConfig, methods=METHODS, cache: Path | None = None) -> dict:
+    """cache: a directory where the base model is kept per (cut, base_epochs, seed), so runs that vary only the
+    update reuse it."""
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     split = time_split(data_dir, cfg)
     items = split["items"]
     past = [s for s in split["base"].values() if len(s) >= 2]
     t0 = time.time()
-    base = train_base(past, len(items), cfg)
+    where = cache / f"base-cut{cfg.cut}-e{cfg.base_epochs}-s{cfg.seed}" if cache else None
+    if where is not None and (where / "model.safetensors").exists():
+        base, _ = SASRec.from_dir(where)
+    else:
+        base = train_base(past, len(items), cfg)
+        if where is not None:
+            base.save(where, items)
     rows = []
-    for method in methods:
+    for spec in methods:
+        method, mcfg = method_config(spec, cfg)
         torch.manual_seed(cfg.seed), random.seed(cfg.seed)
         model = base
         for r in range(cfg.rounds + 1):
             if r > 0:
-                model = update(model, method, split["windows"][r - 1], past, cfg)
-            new = evaluate(model, items, split["new_cases"][r])
-            old = evaluate(model, items, split["old_cases"])
-            rows.append({"method": method, "round": r, "new_hr10": new["hit_rate@10"], "new_ndcg10": new["ndcg@10"],
+                model = update(model, method, split["windows"][r - 1], past, mcfg)
+            new = evaluate(model, items, split["new_cases"][r], per_case=True)
+            old = evaluate(model, items, split["old_cases"], per_case=True)
+            rows.append({"method": spec, "round": r, "new_hr10": new["hit_rate@10"], "new_ndcg10": new["ndcg@10"],
                          "old_hr10": old["hit_rate@10"], "new_n": len(split["new_cases"][r]),
-                         "old_n": len(split["old_cases"])})
-            print(json.dumps(rows[-1]), flush=True)
+                         "old_n": len(split["old_cases"]), "new_hits": new["hits"], "old_hits": old["hits"]})
+            print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_hits")}), flush=True)
     return {"config": asdict(cfg), "cut_timestamp": split["cut"], "past_interactions": split["past"],
             "future_interactions": split["future"], "seconds": round(time.time() - t0, 1), "rows": rows}
 
 
-def summary(result: dict) -> list[dict]:
-    """Per method: mean new-period HR@10 / NDCG@10 over the update rounds (1..R) and old-period HR@10 after the
-    last round, with binomial standard errors."""
+def _hits(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([c == "1" for r in rows for c in r[key]], dtype=float)
+
+
+def summary(result: dict, reference: str = "none") -> list[dict]:
+    """Per method: new-period HR@10 / NDCG@10 pooled over the update rounds (1..R), old-period HR@10 after the last
+    round, and each one's paired difference from `reference` (same cases) with its standard error."""
     out = []
-    for m in dict.fromkeys(r["method"] for r in result["rows"]):
-        rows = [r for r in result["rows"] if r["method"] == m and r["round"] > 0]
+    rows_of = {m: [r for r in result["rows"] if r["method"] == m and r["round"] > 0]
+               for m in dict.fromkeys(r["method"] for r in result["rows"])}
+    ref = rows_of.get(reference)
+    for m, rows in rows_of.items():
         n_new = sum(r["new_n"] for r in rows)
-        hr = sum(r["new_hr10"] * r["new_n"] for r in rows) / n_new
-        last = rows[-1]
-        out.append({"method": m, "new_hr10": round(hr, 4), "new_hr10_se": round((hr * (1 - hr) / n_new) ** 0.5, 4),
-                    "new_ndcg10": round(sum(r["new_ndcg10"] * r["new_n"] for r in rows) / n_new, 4),
-                    "new_n": n_new, "old_hr10": round(last["old_hr10"], 4),
-                    "old_hr10_se": round((last["old_hr10"] * (1 - last["old_hr10"]) / last["old_n"]) ** 0.5, 4),
-                    "old_n": last["old_n"]})
+        new, old = _hits(rows, "new_hits"), _hits(rows[-1:], "old_hits")
+        row = {"method": m, "new_hr10": round(float(new.mean()), 4),
+               "new_ndcg10": round(sum(r["new_ndcg10"] * r["new_n"] for r in rows) / n_new, 4), "new_n": n_new,
+               "old_hr10": round(float(old.mean()), 4), "old_n": len(old)}
+        if ref is not None:
+            for key, mine, theirs in (("new", new, _hits(ref, "new_hits")), ("old", old, _hits(ref[-1:], "old_hits"))):
+                d = mine - theirs
+                row[f"{key}_gain"] = round(float(d.mean()), 4)
+                row[f"{key}_gain_se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)
+        out.append(row)
     return out
 
 
@@ -260,23 +292,27 @@ def plot(result: dict, path: Path) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/ml100k"))
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default="none,naive,replay,flashback,flashback:0.3,flashback:0.1",
+                   help="comma-separated: none, naive, replay, flashback, or flashback:W (its flashback weight W)")
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--tag", default="", help="suffix of the output files (e.g. a sweep's setting)")
     add_config_args(p, EvolveConfig)
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
     cfg = config_from_args(EvolveConfig, a)
-    result = run(a.data, cfg, a.methods.split(","))
+    result = run(a.data, cfg, a.methods.split(","), cache=a.out / "evolve-cache")
     result["summary"] = summary(result)
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "evolve-ml100k.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, a.out / "evolve-ml100k.png")
-    print(f"{'method':10s} {'new HR@10':>14s} {'new NDCG@10':>11s} {'old HR@10':>14s}")
+    name = "evolve-ml100k" + (f"-{a.tag}" if a.tag else "")
+    (a.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, a.out / f"{name}.png")
+    print(f"{'method':16s} {'new HR@10':>9s} {'vs none':>16s} {'NDCG@10':>8s} {'old HR@10':>9s} {'vs none':>16s}")
     for s in result["summary"]:
-        print(f"{s['method']:10s} {s['new_hr10']:.4f}±{s['new_hr10_se']:.4f} {s['new_ndcg10']:11.4f} "
-              f"{s['old_hr10']:.4f}±{s['old_hr10_se']:.4f}")
-    print(f"wrote {a.out / 'evolve-ml100k.json'} and .png ({result['seconds']} s)")
+        g = {k: s.get(k, 0.0) for k in ("new_gain", "new_gain_se", "old_gain", "old_gain_se")}
+        print(f"{s['method']:16s} {s['new_hr10']:9.4f} {g['new_gain']:+.4f} ± {g['new_gain_se']:.4f} "
+              f"{s['new_ndcg10']:8.4f} {s['old_hr10']:9.4f} {g['old_gain']:+.4f} ± {g['old_gain_se']:.4f}")
+    print(f"wrote {a.out / name}.json and .png ({result['seconds']} s)")
     return result
 
 
