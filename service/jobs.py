@@ -227,7 +227,7 @@ class JobRunner:
         self._update(job.name, state="validating", progress=None)
         verdict = self.validate(job, stage, logfile)
         if not verdict.get("accepted"):
-            self._update(job.name, state="rejected", validation=verdict, finished_at=time.time(),
+            self._update(job.name, state="rejected", validation=verdict, finished_at=time.time(), progress=None,
                          error=f"held-out {verdict.get('metric')} {verdict.get('value')} is below its floor "
                                f"{verdict.get('floor')}; kept out of serving")
             log.warning("job_rejected", job=job.name, validation=verdict)
@@ -235,7 +235,7 @@ class JobRunner:
         new = publish_version(self.base, stage, list(job.outputs))
         shutil.rmtree(stage.parent, ignore_errors=True)
         self._update(job.name, state="served", validation=verdict, version=new.name, finished_at=time.time(),
-                     seconds=round(time.time() - t0, 1))
+                     progress=None, seconds=round(time.time() - t0, 1))
         log.info("job_published", job=job.name, version=new.name, validation=verdict)
 
     def validate(self, job: Job, stage: Path, logfile: Path) -> dict:
