@@ -7,7 +7,7 @@ ART     ?= artifacts/v1
 # passed on only when given (CI: DOCID_EPOCHS=15); ML1M_EPOCHS likewise for SASRec on MovieLens-1M.
 EPOCHS   = $(if $(1),--epochs $(1))
 
-.PHONY: install data lm artifacts agent gems ml1m collab-info serve test eval eval-diffugr eval-agent bench-docid \
+.PHONY: install data lm artifacts agent gems ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
         loadtest lint clean
 
 $(BIN)/.installed: pyproject.toml
@@ -79,6 +79,11 @@ $(ART)/search/bm25/meta.json:
 
 # serve first, improve while running: the gateway opens on the cheap backends; the job runner (service/jobs.py)
 # trains SASRec, DiffuGR, the agent and GEMS one at a time in the background and swaps each in once validated
+# the self-evolving loop, offline: continual SASRec updates on MovieLens-100k's future (results/evolve-ml100k.*)
+evolve: data
+	$(BIN)/python -m training.evolve
+	$(BIN)/python -m training.evolve --methods none,flashback:0.1,flashback:1.0 --latent-weight 0 --tag no-latent
+
 serve: data lm
 	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json
 	UNISR_ARTIFACTS_DIR=$(ART) UNISR_RUN_JOBS=true $(BIN)/python -m service

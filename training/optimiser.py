@@ -41,7 +41,7 @@ GROUP = "unisr-optimiser"
 
 
 class Optimiser:
-    def __init__(self, r: redis.Redis, stream: str, base: Path, data_dir: Path, every: int, method: str = "flashback",
+    def __init__(self, r: redis.Redis, stream: str, base: Path, data_dir: Path, every: int, method: str = "replay",
                  consumer: str = "optimiser-1", tolerance: float = 0.01, old_users: int = 943,
                  cfg: EvolveConfig | None = None, min_gain: float = 0.0):
         self.r, self.stream, self.base, self.every, self.method = r, stream, Path(base), every, method
@@ -181,7 +181,8 @@ def main(argv=None) -> None:
                    "holds the versions and CURRENT)")
     p.add_argument("--data", type=Path, default=Path("data/ml100k"))
     p.add_argument("--every", type=int, default=500, help="events per update round")
-    p.add_argument("--method", default="flashback", choices=["naive", "replay", "flashback"])
+    p.add_argument("--method", default="replay", choices=["naive", "replay", "flashback"],
+                   help="replay: the best next-period gain measured by python -m training.evolve (README)")
     p.add_argument("--tolerance", type=float, default=0.01, help="old-period HR@10 drop allowed")
     p.add_argument("--min-gain", type=float, default=0.0, help="newest-period HR@10 gain required")
     p.add_argument("--old-users", type=int, default=943, help="test-split users of the old-period check")
