@@ -6,6 +6,7 @@ Entry points (HTTP routers) only call `Engine.answer`; they never touch a backen
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Engine:
         self.collab = collab  # co-occurrence counts behind /recommend?explain=true (None: not built)
         # backend name -> why it is not loaded yet, or None (service/reload.py attaches the job runner's progress)
         self.pending: Callable[[str], str | None] = lambda backend: None
+        self.active: collections.Counter[tuple[str, str]] = collections.Counter()  # (task, backend) -> in flight
         self.batchers: dict[tuple[str, str], Batcher] = {
             (task, name): Batcher(task, backend, settings.batch_max_size, settings.batch_max_wait_ms)
             for task, by_name in backends.items() for name, backend in by_name.items()
@@ -142,7 +144,17 @@ class Engine:
             degraded, reason = True, (f"{name} needs ~{chosen.estimate_ms(request):.1f} ms, over the "
                                       f"{budget_ms:g} ms budget")
             name = fallback
+        if name != fallback and (ahead := self.active[(task, name)]):
+            # the requests already running on it share the same cores: expect to wait for them (a CPU backend's
+            # batch costs about the sum of its requests), and degrade at once when that cannot fit
+            wait = chosen.estimate_ms(request) * (1 + ahead)
+            if wait > budget_ms:
+                degraded, reason = True, (f"{name} is busy: {ahead} requests ahead, ~{wait:.0f} ms expected, over the "
+                                          f"{budget_ms:g} ms budget")
+                name = fallback
         if name != fallback:
+            running = (task, name)
+            self.active[running] += 1
             try:
                 answer = await asyncio.wait_for(self.run(task, name, request, deadline),
                                                 timeout=max(0.0, deadline - time.monotonic()))
@@ -151,6 +163,8 @@ class Engine:
             except (asyncio.TimeoutError, TimeoutError, WouldMissDeadline, DeadlineExceeded):
                 degraded, reason = True, f"{name} missed the {budget_ms:g} ms deadline"
                 name = fallback
+            finally:
+                self.active[running] -= 1
         answer = await self.run(task, name, request, None)
         metrics.BUDGET.labels(task, "hit" if time.monotonic() <= deadline else "miss").inc()
         if degraded:
