@@ -63,9 +63,8 @@ def start_gateway(port: int, artifacts: Path | None, log: Path, env_extra: dict)
     if artifacts:
         env["UNISR_ARTIFACTS_DIR"] = str(artifacts)
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host",
-                                 "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # the served entry point, with its connection limit
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -46,7 +46,8 @@ class Settings(RuntimeSettings):
     job_floors: dict[str, float] = {}
     follow_versions: bool = True
     version_poll_s: float = Field(2.0, gt=0)
-    # limits
+    # limits; max_concurrency: connections + tasks uvicorn admits before it answers 503 at once (python -m service)
+    max_concurrency: int | None = Field(None, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1)
     cors_origins: list[str] = []  # empty: no CORS headers at all
     # dynamic micro-batching in front of model backends (an empty list turns it off)
