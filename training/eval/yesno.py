@@ -1,0 +1,143 @@
+"""Yes/no answers read from the language model's preference, calibrated on the training split (issue #14): can a
+packaged LM answer StrategyQA better than the majority class, closed book, with BM25 facts, or with the gold facts?
+
+For each question the prompt holds a balanced few-shot block (two "yes" and two "no" training questions, with their
+gold facts when the context has facts), then the question; the score is log P(" yes") - log P(" no") of the next
+token (both spellings, summed). The threshold that maximises accuracy on --calibrate training questions (never the
+few-shot ones) turns scores into answers; accuracy (training.eval.metrics.exact_match) on the test split with a
+95% interval, the AUC of the score, and the majority class beside it.
+
+    python -m training.eval.yesno --lm artifacts/lm/smollm2-135m-instruct --contexts none,bm25,gold
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexing.data import load_multihop
+from models.causal_lm import load_causal_lm
+from models.registry import load_backend
+from training.common import add_threads_arg, set_threads
+from training.eval.metrics import exact_match
+
+HEADER = "Answer each question with yes or no.\n\n"
+
+
+def facts_for(q: dict, context: str, passages: dict[str, str], bm25, k: int) -> list[str]:
+    if context == "gold":
+        return [passages[d] for d in q.get("supporting", []) if d in passages]
+    if context == "bm25":
+        from models.backend import Request
+
+        hits = bm25.answer([Request("retrieve", query=q["question"], k=k)])[0].hits
+        return [passages[h.id] for h in hits if h.id in passages]
+    return []
+
+
+def block(q: dict, facts: list[str], answer: str | None) -> str:
+    text = "".join(f"Fact: {f}\n" for f in facts)
+    return f"{text}Question: {q['question'].strip()}\nAnswer:" + (f" {answer}\n\n" if answer else "")
+
+
+def answer_tokens(tok) -> tuple[list[int], list[int]]:
+    def first(words):
+        return sorted({tok(w, add_special_tokens=False)["input_ids"][0] for w in words})
+    return first([" yes", " Yes"]), first([" no", " No"])
+
+
+@torch.no_grad()
+def scores(model, tok, prompts: list[str], desc: str) -> np.ndarray:
+    yes, no = answer_tokens(tok)
+    out = []
+    for p in tqdm(prompts, desc=desc):
+        ids = tok(p, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        logp = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
+        out.append(float(torch.logsumexp(logp[yes], 0) - torch.logsumexp(logp[no], 0)))
+    return np.array(out)
+
+
+def auc(s: np.ndarray, y: np.ndarray) -> float:
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+                 / (len(pos) * len(neg)))
+
+
+def best_threshold(s: np.ndarray, y: np.ndarray) -> float:
+    cands = np.concatenate([[-np.inf], np.sort(s)])
+    accs = [np.mean((s > c) == y) for c in cands]
+    return float(cands[int(np.argmax(accs))])
+
+
+def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, calibrate: int, limit: int | None,
+        k: int = 3, seed: int = 0) -> list[dict]:
+    data = load_multihop(data_dir)
+    passages = {pid: p["text"] for pid, p in data.passages.items()}
+    train, test = data.split("train"), data.split("test")
+    test = test[:limit] if limit else test
+    rng = random.Random(seed)
+    shots = rng.sample([q for q in train if q["answer"] == "yes"], 2) + rng.sample(
+        [q for q in train if q["answer"] == "no"], 2)
+    rng.shuffle(shots)
+    shot_ids = {id(q) for q in shots}
+    calib = [q for q in train if id(q) not in shot_ids]
+    calib = rng.sample(calib, min(calibrate, len(calib)))
+    model, tok = load_causal_lm(lm, dtype=torch.bfloat16)
+    bm25 = load_backend(artifacts, "retrieve", "bm25")
+    majority = max(("yes", "no"), key=lambda a: sum(q["answer"] == a for q in train))
+    rows = [{"lm": Path(lm).name if lm else "smollm2-135m-instruct", "context": "majority class", "n": len(test),
+             "accuracy": float(np.mean([exact_match(majority, q["answer"]) for q in test])), "auc": 0.5}]
+    for context in contexts:
+        few = "".join(block(q, facts_for(q, "gold" if context != "none" else "none", passages, bm25, k), q["answer"])
+                      for q in shots)
+        t0 = time.perf_counter()
+        def prompt(q, few=few, context=context):
+            return HEADER + few + block(q, facts_for(q, context, passages, bm25, k), None)
+        s_cal = scores(model, tok, [prompt(q) for q in calib], f"{context}: calibrate")
+        y_cal = np.array([q["answer"] == "yes" for q in calib])
+        thr = best_threshold(s_cal, y_cal)
+        s_test = scores(model, tok, [prompt(q) for q in test], f"{context}: test")
+        ms = (time.perf_counter() - t0) * 1000 / (len(calib) + len(test))
+        preds = ["yes" if v > thr else "no" for v in s_test]
+        acc = float(np.mean([exact_match(p, q["answer"]) for p, q in zip(preds, test)]))
+        y = np.array([q["answer"] == "yes" for q in test])
+        rows.append({"lm": rows[0]["lm"], "context": context, "n": len(test), "accuracy": acc,
+                     "ci95": 1.96 * (acc * (1 - acc) / len(test)) ** 0.5, "auc": auc(s_test, y),
+                     "yes_rate": float(np.mean([p == "yes" for p in preds])), "threshold": thr,
+                     "calibration_accuracy": float(np.mean((s_cal > thr) == y_cal)), "ms_per_question": ms})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lm", default=None, help="local HF causal-LM directory (default: the prepared SmolLM2)")
+    p.add_argument("--contexts", default="none,bm25,gold")
+    p.add_argument("--data", type=Path, default=Path("data/strategyqa"))
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
+    p.add_argument("--calibrate", type=int, default=200, help="training questions the threshold is fitted on")
+    p.add_argument("--limit", type=int, default=None, help="first N test questions (default: all 466)")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    add_threads_arg(p)
+    a = p.parse_args(argv)
+    set_threads(a.threads)
+    rows = run(a.lm, a.contexts.split(","), a.data, a.artifacts, a.calibrate, a.limit)
+    a.out.mkdir(parents=True, exist_ok=True)
+    name = f"yesno-{rows[0]['lm']}.json"
+    (a.out / name).write_text(json.dumps(rows, indent=2) + "\n")
+    for r in rows:
+        print(f"{r['lm']:28s} {r['context']:15s} n={r['n']} acc {r['accuracy']:.3f}"
+              + (f" +- {r['ci95']:.3f} AUC {r['auc']:.3f} yes {r['yes_rate']:.2f}" if "ci95" in r else ""))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
