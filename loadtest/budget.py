@@ -79,6 +79,16 @@ def start_gateway(port: int, artifacts: Path | None, log: Path, env_extra: dict)
     raise RuntimeError("gateway not ready in 300 s")
 
 
+async def ask(http: httpx.AsyncClient, path: str, i: int, records: list[tuple[int, float]]) -> None:
+    """One request with the i-th question; (status, client ms) appended to records (-1: no HTTP answer)."""
+    t0 = time.perf_counter()
+    try:
+        status = (await http.get(path.format(q=quote_plus(QUERIES[i % len(QUERIES)])))).status_code
+    except httpx.HTTPError:
+        status = -1
+    records.append((status, (time.perf_counter() - t0) * 1000))
+
+
 async def closed_loop(url: str, path: str, clients: int, seconds: float, pid: int) -> dict:
     records: list[tuple[int, float]] = []  # (status, ms)
     peak = [threads_of(pid)]
@@ -88,13 +98,7 @@ async def closed_loop(url: str, path: str, clients: int, seconds: float, pid: in
         i = n
         while time.monotonic() < stop:
             i += clients
-            t0 = time.perf_counter()
-            try:
-                r = await http.get(path.format(q=quote_plus(QUERIES[i % len(QUERIES)])))
-                status = r.status_code
-            except httpx.HTTPError:
-                status = -1
-            records.append((status, (time.perf_counter() - t0) * 1000))
+            await ask(http, path, i, records)
 
     async def watch() -> None:
         while time.monotonic() < stop:
@@ -113,20 +117,11 @@ async def open_loop(url: str, path: str, rate: float, seconds: float, pid: int) 
     peak = [threads_of(pid)]
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
-        async def one(i: int) -> None:
-            t0 = time.perf_counter()
-            try:
-                r = await http.get(path.format(q=quote_plus(QUERIES[i % len(QUERIES)])))
-                status = r.status_code
-            except httpx.HTTPError:
-                status = -1
-            records.append((status, (time.perf_counter() - t0) * 1000))
-
         tasks, start, i = [], time.monotonic(), 0
         while (now := time.monotonic()) - start < seconds:
             due = int((now - start) * rate)
             while i < due:
-                tasks.append(asyncio.create_task(one(i)))
+                tasks.append(asyncio.create_task(ask(http, path, i, records)))
                 i += 1
             if i % 50 == 0:
                 peak.append(threads_of(pid))
