@@ -9,7 +9,7 @@ object per process; entry points read it once and pass plain values down (backen
     UNISR_SHARED_DATA   ../shared/data beside the checkout
     UNISR_LM            any local HF causal-LM directory        (default: the prepared SmolLM2)
     UNISR_ENCODER       any local sentence-transformers path    (default: the packaged MiniLM)
-    UNISR_GEMS_ENGINE   transformers (CPU) | vllm (in-process, GPU)
+    UNISR_GEMS_ENGINE   transformers (CPU) | vllm (in-process, GPU) | vllm-server (a vLLM server at UNISR_VLLM_URL)
     UNISR_ENV_FILE      an env file read as well                (default unisr.env)
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ class RuntimeSettings(BaseSettings):
     shared_data: Path = PROJECT_ROOT.parent / "shared" / "data"
     lm: Path | None = None
     encoder: str | None = None
-    gems_engine: Literal["transformers", "vllm"] = "transformers"
+    gems_engine: Literal["transformers", "vllm", "vllm-server"] = "transformers"
+    vllm_url: str = "http://127.0.0.1:8001"  # the vLLM OpenAI-compatible server of gems_engine=vllm-server
     pip_index_url: str = Field("https://pypi.org/simple", validation_alias="PIP_INDEX_URL")  # pip's own variable
 
     @property

@@ -90,9 +90,20 @@ class Engine:
         """Measure each backend once per task on a representative request (its cost estimate)."""
         costs: dict[str, dict[str, float]] = {}
         for task, by_name in self.backends.items():
-            for name, backend in by_name.items():
-                backend.answer([samples[task]])  # untimed: lazy loads and first-call set-up are not its cost
-                costs.setdefault(task, {})[name] = backend.warm_up(samples[task], repeats=5)
+            for name, backend in list(by_name.items()):
+                try:
+                    backend.answer([samples[task]])  # untimed: lazy loads and first-call set-up are not its cost
+                    costs.setdefault(task, {})[name] = backend.warm_up(samples[task], repeats=5)
+                except Exception as e:  # noqa: BLE001 - e.g. GEMS's vLLM server not up yet: serve without it
+                    if name == self.cheapest(task):
+                        raise
+                    log.warning("backend_warm_up_failed", task=task, backend=name, error=repr(e),
+                                effect="kept out of this engine; POST /admin/reload once it can answer")
+                    del by_name[name]
+                    batcher = self.batchers.pop((task, name), None)
+                    if batcher is not None:
+                        batcher.close()
+                    continue
                 metrics.BACKEND_COST.labels(task, name).set(backend.ms_per_request)
         log.info("warm_up", costs=costs)
         return costs

@@ -66,7 +66,9 @@ JOBS: dict[str, Job] = {
           "--out", "{stage}/agent", "--threads", "{threads}"), None),)),
     "gems": Job("gems", ("gems", "search/gems", "recommend/gems"), (
         (("-m", "training.train_gems", "--variants", "gems", "--data", "{data}", "--artifacts", "{stage}",
-          "--out", "{stage}/gems", "--results", "{stage}/gems-results", "--threads", "{threads}"), None),)),
+          "--out", "{stage}/gems", "--results", "{stage}/gems-results", "--threads", "{threads}"), "gems"),
+        # the form a vLLM server loads (compose's gpu profile serves it): base + item tokens beside the adapters
+        (("-m", "training.export_vllm", "--checkpoint", "{stage}/gems", "--threads", "{threads}"), "gems/vllm-base"))),
 }
 
 # tqdm's bar: "desc:  12%|#2   | 10/80 [00:40<04:40, 4.00s/it, loss=...]"
@@ -126,7 +128,7 @@ class JobRunner:
     base: Path
     data: Path = Path("data")
     names: list[str] = field(default_factory=lambda: list(JOBS))
-    extra_args: dict[str, list[str]] = field(default_factory=dict)  # appended to a job's last step (e.g. --epochs)
+    extra_args: dict[str, list[str]] = field(default_factory=dict)  # appended to a job's training step (--epochs)
     floors: dict[str, float] = field(default_factory=dict)  # acceptance floor overrides (training.validate --floor)
     threads: int = 1
     python: str = sys.executable
@@ -210,11 +212,11 @@ class JobRunner:
         self._update(job.name, state="training", started_at=t0, log=str(logfile), error=None)
         log.info("job_started", job=job.name, stage=str(stage), log=str(logfile))
         subs = {"python": self.python, "stage": str(stage), "data": str(self.data), "threads": str(self.threads)}
-        for i, (argv, creates) in enumerate(job.steps):
+        for argv, creates in job.steps:
             if creates and (stage / creates / "meta.json").exists():
                 continue
             args = [a.format(**subs) for a in argv]
-            if i == len(job.steps) - 1:
+            if argv[1].startswith("training.train_"):  # the training step takes the job's extra arguments
                 args += self.extra_args.get(job.name, [])
             code = self._execute(job.name, [self.python, *args], logfile)
             if code != 0:

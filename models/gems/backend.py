@@ -24,14 +24,15 @@ from models.docids import DocIDs
 from models.gems import subspaces as gems
 from models.gems.item_ids import ItemVocab, beam_search, recommend_prompt, search_prompt
 
-_SHARED: dict[tuple[Path, str], GEMSModel] = {}
+_SHARED: dict[tuple[Path, str, str | None], GEMSModel] = {}
 _LOCK = threading.Lock()
 
 
 class GEMSModel:
     """The loaded LM + adapters + item vocabulary, shared by the search and recommend backends."""
 
-    def __init__(self, directory: Path, dtype: torch.dtype = torch.bfloat16, engine: str = "transformers"):
+    def __init__(self, directory: Path, dtype: torch.dtype = torch.bfloat16, engine: str = "transformers",
+                 server_url: str | None = None):
         from models.causal_lm import load_causal_lm
 
         meta = read_meta(directory)
@@ -50,22 +51,25 @@ class GEMSModel:
         self.model = self.model.to(dtype).eval()
         self.lock = threading.Lock()  # one generation at a time: the model uses every core
         self.engine = None
-        if engine == "vllm":
-            from models.gems.vllm import VLLMItemGenerator, export_vllm_base
+        if engine in ("vllm", "vllm-server"):
+            from models.gems.vllm import VLLMItemGenerator, VLLMServerItemGenerator, export_vllm_base
 
-            base = directory / "vllm-base"
+            base = directory / "vllm-base"  # what either vLLM serves: the base LM + item tokens, adapters apart
             if not (base / "config.json").exists():
                 export_vllm_base(self.model, self.tok, self.vocab, self.item_head, base)
-            self.engine = VLLMItemGenerator(base, {t: directory / "peft" / t for t in self.cfg.tasks}, self.vocab,
-                                            max_lora_rank=2 * self.cfg.rank)
+            if engine == "vllm-server":
+                self.engine = VLLMServerItemGenerator(server_url, self.tok, self.vocab)
+            else:
+                self.engine = VLLMItemGenerator(base, {t: directory / "peft" / t for t in self.cfg.tasks},
+                                                self.vocab, max_lora_rank=2 * self.cfg.rank)
 
     @classmethod
-    def shared(cls, directory: Path, engine: str = "transformers") -> GEMSModel:
+    def shared(cls, directory: Path, engine: str = "transformers", server_url: str | None = None) -> GEMSModel:
         directory = directory.resolve()
         with _LOCK:
-            if (directory, engine) not in _SHARED:
-                _SHARED[directory, engine] = cls(directory, engine=engine)
-            return _SHARED[directory, engine]
+            if (directory, engine, server_url) not in _SHARED:
+                _SHARED[directory, engine, server_url] = cls(directory, engine=engine, server_url=server_url)
+            return _SHARED[directory, engine, server_url]
 
     def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None,
                  deadline: float | None = None):
@@ -89,12 +93,13 @@ class GEMSBackend(Backend):
         self.cost_ms: dict[int, float] = {}  # beam -> ms per request
 
     @classmethod
-    def load(cls, directory: Path, engine: str = "transformers") -> GEMSBackend:
-        """engine: "transformers" (CPU) or "vllm" (in-process vLLM on a GPU; settings: UNISR_GEMS_ENGINE)."""
+    def load(cls, directory: Path, engine: str = "transformers", server_url: str | None = None) -> GEMSBackend:
+        """engine: "transformers" (CPU), "vllm" (in-process vLLM on a GPU) or "vllm-server" (a vLLM OpenAI server at
+        server_url); settings: UNISR_GEMS_ENGINE, UNISR_VLLM_URL."""
         meta = read_meta(directory)
         checkpoint = (directory / meta["checkpoint"]) if "checkpoint" in meta else directory
         task = directory.parent.name
-        return cls(GEMSModel.shared(checkpoint, engine), task if task in cls.tasks else "search")
+        return cls(GEMSModel.shared(checkpoint, engine, server_url), task if task in cls.tasks else "search")
 
     def beam_for(self, request: Request) -> int:
         return max(request.k, int(request.options.get("beam") or 2 * request.k))

@@ -9,7 +9,10 @@ LoRA. vLLM's prefix cache shares the prompt across a query's beams.
 
     UNISR_GEMS_ENGINE=vllm python -m service      # needs `pip install -e '.[gpu]'` and a GPU
 
-Not exercised in CI (no GPU there); the CPU path (transformers) is the one tested.
+`VLLMServerItemGenerator` runs the same beam against a separate vLLM OpenAI-compatible server (UNISR_GEMS_ENGINE=
+vllm-server, UNISR_VLLM_URL; compose's gpu profile): the gateway needs no GPU and no vllm package. Its wire format
+is tested against a small local server; the GPU runs themselves are not exercised in CI (no GPU there); the CPU path
+(transformers) is the one tested for quality.
 """
 from __future__ import annotations
 
@@ -45,6 +48,32 @@ def export_vllm_base(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor
     return directory
 
 
+def beam_requests(vocab: ItemVocab, base_ids: list[list[int]], qidx: np.ndarray,
+                  tokens: torch.Tensor) -> tuple[int, list[tuple[list[int], list[int]]]]:
+    """The level being decoded and, per live beam, (prompt token ids: the query's prompt + the item tokens of its
+    prefix, allowed token ids: the codes some item continues that prefix with)."""
+    V, first = vocab.vocab, vocab.first_token
+    level = int((tokens[0] != MASKED).sum())
+    out = []
+    for q, t in zip(qidx, tokens.tolist()):
+        prefix = tuple(t[:level])
+        allowed = [first + level * V + int(c) for c in vocab.children[prefix]]
+        out.append((base_ids[q] + [first + lv * V + c for lv, c in enumerate(prefix)], allowed))
+    return level, out
+
+
+def level_scores(vocab: ItemVocab, level: int, per_beam: list[dict[int, float]]) -> torch.Tensor:
+    """(beams, L, V) log-probabilities for beam_decode: each beam's allowed tokens at `level`, the rest -inf
+    (beam_decode renormalises over the allowed ones)."""
+    V, lo = vocab.vocab, vocab.first_token + level * vocab.vocab
+    scores = torch.full((len(per_beam), vocab.length, V), -math.inf)
+    for r, lps in enumerate(per_beam):
+        for t, lp in lps.items():
+            if lo <= t < lo + V:
+                scores[r, level, t - lo] = lp
+    return scores
+
+
 class VLLMItemGenerator:
     def __init__(self, base_dir: Path, adapters: dict[str, Path], vocab: ItemVocab, max_lora_rank: int = 32):
         from vllm import LLM
@@ -59,28 +88,57 @@ class VLLMItemGenerator:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        V, first = self.vocab.vocab, self.vocab.first_token
         base_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
         def logprobs(qidx: np.ndarray, tokens: torch.Tensor) -> torch.Tensor:
-            """One vLLM request per live beam: its level's allowed item tokens' log-probabilities (the rest -inf;
-            beam_decode renormalises over the allowed ones)."""
-            level = int((tokens[0] != MASKED).sum())
-            reqs, params = [], []
-            for q, t in zip(qidx, tokens.tolist()):
-                prefix = tuple(t[:level])
-                toks = [first + level * V + int(c) for c in self.vocab.children[prefix]]
-                prev = [first + lv * V + c for lv, c in enumerate(prefix)]
-                reqs.append(TokensPrompt(prompt_token_ids=base_ids[q] + prev))
-                params.append(SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=toks,
-                                             logprobs=len(toks)))
+            """One vLLM request per live beam: one token, its level's allowed item tokens' log-probabilities."""
+            level, beams = beam_requests(self.vocab, base_ids, qidx, tokens)
+            reqs = [TokensPrompt(prompt_token_ids=ids) for ids, _ in beams]
+            params = [SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=len(allowed))
+                      for _, allowed in beams]
             outs = self.llm.generate(reqs, params, lora_request=self.loras[task], use_tqdm=False)
-            scores = torch.full((len(qidx), self.vocab.length, V), -math.inf)
-            lo = first + level * V
-            for r, out in enumerate(outs):
-                for t, lp in out.outputs[0].logprobs[0].items():
-                    if lo <= t < lo + V:
-                        scores[r, level, t - lo] = lp.logprob
-            return scores
+            return level_scores(self.vocab, level, [{t: lp.logprob for t, lp in o.outputs[0].logprobs[0].items()}
+                                                    for o in outs])
+
+        return decode_items(self.vocab, logprobs, len(prompts), beam, k, exclude, deadline)
+
+
+class VLLMServerItemGenerator:
+    """The same constrained beam against vLLM's OpenAI-compatible server (`vllm serve <vllm-base> --enable-lora
+    --lora-modules search=<peft/search> recommend=<peft/recommend> --max-logprobs 256`): each level is one
+    /v1/completions request per group of live beams that share their allowed tokens (`prompt`: a list of token-id
+    prompts; `model`: the task's LoRA by name; `max_tokens` 1; `allowed_token_ids`, `logprobs` = how many are
+    allowed, and `return_tokens_as_token_ids`, vLLM's extensions, so the answer names token ids)."""
+
+    def __init__(self, url: str, tokenizer, vocab: ItemVocab, timeout_s: float = 30.0, client=None):
+        import httpx
+
+        self.url, self.tokenizer, self.vocab = url.rstrip("/"), tokenizer, vocab
+        self.client = client or httpx.Client(base_url=self.url, timeout=timeout_s)
+
+    def complete(self, task: str, prompts: list[list[int]], allowed: list[int]) -> list[dict[int, float]]:
+        body = {"model": task, "prompt": prompts, "max_tokens": 1, "temperature": 0.0, "logprobs": len(allowed),
+                "allowed_token_ids": allowed, "return_tokens_as_token_ids": True}
+        r = self.client.post("/v1/completions", json=body)
+        r.raise_for_status()
+        out: list[dict[int, float]] = [{} for _ in prompts]
+        for choice in r.json()["choices"]:
+            top = choice["logprobs"]["top_logprobs"][0]
+            out[choice["index"]] = {int(t.split(":", 1)[1]): float(lp) for t, lp in top.items()}
+        return out
+
+    def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None, deadline: float | None = None):
+        base_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+        def logprobs(qidx: np.ndarray, tokens: torch.Tensor) -> torch.Tensor:
+            level, beams = beam_requests(self.vocab, base_ids, qidx, tokens)
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for n, (_, allowed) in enumerate(beams):
+                groups.setdefault(tuple(allowed), []).append(n)
+            per_beam: list[dict[int, float]] = [{} for _ in beams]
+            for allowed, members in groups.items():
+                for n, lps in zip(members, self.complete(task, [beams[n][0] for n in members], list(allowed))):
+                    per_beam[n] = lps
+            return level_scores(self.vocab, level, per_beam)
 
         return decode_items(self.vocab, logprobs, len(prompts), beam, k, exclude, deadline)

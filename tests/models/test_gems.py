@@ -209,7 +209,7 @@ def test_served_gems_returns_real_items_and_degrades(tiny_gems_artifacts, settin
         assert tight["degraded"] and tight["backend"] != "gems" and "gems" in tight["degraded_reason"]
 
 
-def test_vllm_export_scores_items_like_the_cpu_path(tiny_gems_artifacts, tmp_path):
+def test_vllm_export_scores_items_like_the_cpu_path(tiny_gems_artifacts):
     """The GPU path's inputs, checked on CPU: the exported base (item head as lm_head rows) + the task's peft
     adapter give the same item-token distribution as the served transformers path."""
     from peft import PeftModel
@@ -217,11 +217,12 @@ def test_vllm_export_scores_items_like_the_cpu_path(tiny_gems_artifacts, tmp_pat
 
     from models.gems.backend import GEMSModel
     from models.gems.item_ids import search_prompt
-    from models.gems.vllm import export_vllm_base
+    from training.export_vllm import export
 
     root, _ = tiny_gems_artifacts
     served = GEMSModel(root / "gems", dtype=torch.float32)  # the served path, in fp32 for an exact comparison
-    base_dir = export_vllm_base(served.model, served.tok, served.vocab, served.item_head, tmp_path / "vllm-base")
+    base_dir = export(root / "gems")  # what the gems job runs (python -m training.export_vllm)
+    assert base_dir == root / "gems" / "vllm-base" and (base_dir / "meta.json").exists()
     exported = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     vllm_like = PeftModel.from_pretrained(exported, str(root / "gems" / "peft" / "search")).eval()
     prompt = search_prompt("animation comedy 1990s")

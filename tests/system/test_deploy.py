@@ -22,7 +22,7 @@ COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 ENTRYPOINT = DEPLOY / "entrypoint.sh"
 MAKEFILE = ROOT / "Makefile"
-GPU_SERVICES = ("gateway-gpu",)
+GPU_SERVICES = ("vllm",)  # the only service that needs the GPU
 # the commands of the Makefile's `artifacts` target (with data, lm and the meta.json targets it makes), in order
 SERVE_STEPS = ("indexing.prepare", "indexing.lm prepare", "indexing.build")  # then the gateway opens
 
@@ -97,20 +97,27 @@ def test_core_services(compose):
 
 def test_gpu_profile(compose):
     services = compose["services"]
-    for name in GPU_SERVICES:
-        assert name in services, name
+    for name in ("vllm", "gateway-gpu"):
         assert services[name].get("profiles") == ["gpu"], name
-        assert _nvidia_reservation(services[name]), f"{name} has no nvidia GPU reservation"
-    gpu_gw = services["gateway-gpu"]
-    # GEMS runs on vLLM inside the gateway (models/gems/vllm.py): no separate model server, nothing to call
-    assert gpu_gw["environment"]["UNISR_GEMS_ENGINE"] == "vllm"
+    assert _nvidia_reservation(services["vllm"]), "vllm has no nvidia GPU reservation"
+    vllm, gpu_gw = services["vllm"], services["gateway-gpu"]
+    # GEMS goes to vLLM's OpenAI-compatible server (models/gems/vllm.py VLLMServerItemGenerator)
+    assert gpu_gw["environment"]["UNISR_GEMS_ENGINE"] == "vllm-server"
+    assert gpu_gw["environment"]["UNISR_VLLM_URL"] == "http://vllm:8000"
     assert "UNISR_GEMS_ENGINE" not in services["gateway"].get("environment", {})  # the CPU gateway: transformers
-    assert not any("vllm" in str(s.get("image", "")) for s in services.values())
-    extras = gpu_gw["build"]["args"]["EXTRAS"].split(",")
-    assert "gpu" in extras and "lm" in extras  # vllm (and peft, which GEMS loads) in the image
-    assert "redis" in _depends_on(gpu_gw) and "gateway" in _depends_on(gpu_gw)  # gateway builds the artifacts
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    command = " ".join(vllm["command"])
+    for flag in ("vllm serve", "--enable-lora", "--lora-modules", "search=", "recommend=", "--max-logprobs 256",
+                 "gems/vllm-base", "/app/artifacts/CURRENT"):
+        assert flag in command, flag
+    # the served form is what the trainer's gems job exports (service/jobs.py, training/export_vllm.py)
+    from service.jobs import JOBS
+
+    steps = JOBS["gems"].steps
+    assert any(argv[1] == "training.export_vllm" and creates == "gems/vllm-base" for argv, creates in steps)
+    assert "redis" in _depends_on(gpu_gw) and "gateway" in _depends_on(gpu_gw)
     assert set(_depends_on(gpu_gw)) <= set(services)
-    assert "/healthz" in _healthcheck_text(gpu_gw)
+    assert "/healthz" in _healthcheck_text(gpu_gw) and "/health" in _healthcheck_text(vllm)
     # Only the GPU services carry a GPU reservation.
     assert not any(_nvidia_reservation(s) for n, s in services.items() if n not in GPU_SERVICES)
 
