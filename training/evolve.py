@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from indexing.data.recsys import time_split as time_split_by_quantile
-from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left
+from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left, training_windows
 from training.common import add_config_args, add_threads_arg, config_from_args, optimiser_step, set_threads
 from training.eval.metrics import single_target
 
@@ -118,19 +118,6 @@ def method_config(spec: str, cfg: EvolveConfig) -> tuple[str, EvolveConfig]:
     return method, (replace(cfg, flashback_weight=float(weight)) if weight else cfg)
 
 
-def windows_of(seq: list[int], max_len: int, first_target: int = 1) -> list[tuple[list[int], list[int]]]:
-    """Training windows (input, target) of one sequence, tiling it from its end; targets before position
-    `first_target` are masked (0) so only the new part is learned (naive)."""
-    out, end = [], len(seq)
-    while end >= 2 and end - 1 >= first_target:
-        start = max(0, end - max_len - 1)
-        chunk = seq[start:end]
-        tgt = [t if start + 1 + n >= first_target else 0 for n, t in enumerate(chunk[1:])]
-        out.append((chunk[:-1], tgt))
-        end -= max_len
-    return out
-
-
 def symmetric_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """KL(p||q) + KL(q||p) of two next-item distributions (row-wise mean over the batch)."""
     lp, lq = F.log_softmax(p_logits, -1), F.log_softmax(q_logits, -1)
@@ -171,7 +158,7 @@ def train_base(seqs: list[list[int]], n_items: int, cfg: EvolveConfig) -> SASRec
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     for _ in tqdm(range(cfg.base_epochs), desc="base SASRec (the past)"):
         model.train()
-        batches = [w for s in seqs for w in windows_of(s, model.cfg.max_len)]
+        batches = [w for s in seqs for w in training_windows(s, model.cfg.max_len)]
         random.shuffle(batches)
         for b in range(0, len(batches), cfg.batch_size):
             chunk = batches[b:b + cfg.batch_size]
@@ -188,7 +175,7 @@ def update(model: SASRec, method: str, window: dict, past: list[list[int]], cfg:
     model = copy.deepcopy(model)
     L = model.cfg.max_len
     new_windows = [w for before, inside in window.values()
-                   for w in windows_of(before + inside, L, first_target=len(before))]
+                   for w in training_windows(before + inside, L, first_target=len(before))]
     new_seqs = [(before + inside)[-(L + 1):] for before, inside in window.values() if before]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     for _ in range(cfg.update_epochs):
@@ -196,7 +183,7 @@ def update(model: SASRec, method: str, window: dict, past: list[list[int]], cfg:
         batches = list(new_windows)
         if method == "replay":
             batches += [w for s in random.sample(past, min(cfg.replay_users, len(past)))
-                        for w in windows_of(s, L)]
+                        for w in training_windows(s, L)]
         random.shuffle(batches)
         for b in range(0, len(batches), cfg.batch_size):
             chunk = batches[b:b + cfg.batch_size]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from indexing.data.recsys import RECSYS_SETS, load_recsys, recsys_artifacts
 from models.artifacts import write_meta
 from models.backend import Request
-from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left
+from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left, training_windows
 from training.common import add_config_args, add_threads_arg, close_epoch, config_from_args, optimiser_step, set_threads
 from training.eval.metrics import single_target
 
@@ -89,15 +89,13 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig | None = None, *, max_user
         windows = []
         for s in train_seqs:
             end = len(s) - random.randint(0, max_len // 2) if len(s) > max_len + 1 else len(s)
-            while end >= 2:
-                windows.append(s[max(0, end - max_len - 1):end])
-                end -= max_len
+            windows += training_windows(s, max_len, end)
         random.shuffle(windows)
         losses = []
         for b in range(0, len(windows), batch_size):
             chunk = windows[b:b + batch_size]
-            seq = pad_left([w[:-1] for w in chunk], max_len)
-            tgt = pad_left([w[1:] for w in chunk], max_len)
+            seq = pad_left([w[0] for w in chunk], max_len)
+            tgt = pad_left([w[1] for w in chunk], max_len)
             loss = model.loss(seq, tgt)
             losses.append(optimiser_step(opt, loss))
         entry = close_epoch(state, epoch, losses)

@@ -76,6 +76,19 @@ class SASRec(nn.Module):
         return model.eval(), json.loads((directory / "ids.json").read_text())
 
 
+def training_windows(seq: list[int], max_len: int, end: int | None = None,
+                     first_target: int = 1) -> list[tuple[list[int], list[int]]]:
+    """(input, next-item target) windows of up to max_len positions tiling seq[:end] backwards from `end` (default
+    its length); targets of positions before `first_target` are masked with 0 (padding: not learned)."""
+    out, end = [], len(seq) if end is None else end
+    while end >= 2 and end - 1 >= first_target:
+        start = max(0, end - max_len - 1)
+        chunk = seq[start:end]
+        out.append((chunk[:-1], [t if start + 1 + n >= first_target else 0 for n, t in enumerate(chunk[1:])]))
+        end -= max_len
+    return out
+
+
 def pad_left(seqs: list[list[int]], max_len: int) -> torch.Tensor:
     out = np.zeros((len(seqs), max_len), dtype=np.int64)
     for n, s in enumerate(seqs):
