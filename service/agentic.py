@@ -19,9 +19,8 @@ from pathlib import Path
 
 import structlog
 
-from models.artifacts import read_meta
 from models.backend import Request
-from models.exsearch.loop import AgentConfig, SearchAgent, Trace
+from models.exsearch.loop import AgentConfig, SearchAgent, Trace, load_trained
 from models.exsearch.loop import looks_like_question as looks_like_question  # the gateway's mode=auto rule
 
 log = structlog.get_logger("unisr.agentic")
@@ -52,9 +51,7 @@ class AgentService:
         passages = load_multihop(data_dir / "strategyqa")
         agent_dir = artifacts / "agent"
         if lm_path is None and (agent_dir / "meta.json").exists():
-            meta = read_meta(agent_dir)
-            model, tok = load_causal_lm(agent_dir / meta["model"], dtype=torch.bfloat16)
-            config = AgentConfig(max_hops=meta.get("max_hops", 3), k=meta.get("k", 3), few_shot=False)
+            model, tok, config, meta = load_trained(agent_dir)
             name, trained = f"{agent_dir.name}/{meta['model']} (EM-trained)", True
         else:
             model, tok = load_causal_lm(lm_path, dtype=torch.bfloat16)

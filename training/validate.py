@@ -27,21 +27,14 @@ def acceptance(backend: str) -> dict:
 
 def validate_agent(artifacts: Path, data: Path, limit: int | None) -> tuple[float, int]:
     """Answer EM of the EM-trained loop (its last round, as served) on the first `limit` test questions."""
-    import torch
-
     from indexing.data import load_multihop
-    from models.artifacts import read_meta
-    from models.causal_lm import load_causal_lm
-    from models.exsearch.loop import AgentConfig, SearchAgent
+    from models.exsearch.loop import SearchAgent, load_trained
     from models.registry import load_backend
     from training.eval.agent import run_loop
 
-    agent_dir = artifacts / "agent"
-    meta = read_meta(agent_dir)
     mh = load_multihop(data / "strategyqa")
     questions = mh.split("test")[:limit] if limit else mh.split("test")
-    model, tok = load_causal_lm(agent_dir / meta["model"], dtype=torch.bfloat16)
-    cfg = AgentConfig(max_hops=meta.get("max_hops", 3), k=meta.get("k", 3), few_shot=False)
+    model, tok, cfg, _ = load_trained(artifacts / "agent")  # as the gateway serves it (service/agentic.py)
     row = run_loop("agent", SearchAgent(model, tok, load_backend(artifacts, "retrieve", "bm25"), mh, cfg), questions)
     return row["em"], row["n"]
 
