@@ -43,6 +43,14 @@ def link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, copy_function=link)
 
 
+def remove_path(path: Path) -> None:
+    """Delete a file, a symlink or a directory tree; nothing when it is not there."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
 def served_version(artifacts_dir: Path) -> Path:
     """The version to serve: the one <root>/CURRENT names (root = the parent of artifacts_dir) when a job runner
     has published one and it exists, else artifacts_dir itself."""
@@ -73,10 +81,7 @@ def publish_version(base: Path, stage: Path, outputs: list[str]) -> Path:
         target, source = tmp / rel, Path(stage) / rel
         if not (source / "meta.json").exists() and not source.is_file():
             raise FileNotFoundError(f"the job did not produce {rel} (no {source / 'meta.json'})")
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
+        remove_path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         link_tree(source, target) if source.is_dir() else shutil.copy2(source, target)
     os.replace(tmp, new)

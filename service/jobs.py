@@ -36,7 +36,7 @@ from pathlib import Path
 import structlog
 from tqdm import tqdm
 
-from models.artifacts import link_tree, publish_version, served_version
+from models.artifacts import link_tree, publish_version, remove_path, served_version
 
 log = structlog.get_logger("unisr.jobs")
 
@@ -98,11 +98,21 @@ def jobs_root(artifacts_dir: Path) -> Path:
     return Path(artifacts_dir).parent / "jobs"
 
 
+# state.json -> ((inode, mtime_ns), parsed): parsed again only when the runner replaced it (a new inode each write)
+_STATE_CACHE: dict[Path, tuple[tuple[int, int], dict]] = {}
+
+
 def read_state(artifacts_dir: Path) -> dict:
-    """The runner's last written state ({"jobs": {name: {...}}}); empty when no runner ever ran here."""
+    """The runner's last written state ({"jobs": {name: {...}}}); empty when no runner ever ran here. A degraded
+    request's reason reads it, so it is parsed once per write (the runner replaces the file), not per request."""
     path = jobs_root(artifacts_dir) / "state.json"
     try:
-        return json.loads(path.read_text())
+        st = path.stat()
+        stamp = (st.st_ino, st.st_mtime_ns)
+        cached = _STATE_CACHE.get(path)
+        if cached is None or cached[0] != stamp:
+            _STATE_CACHE[path] = cached = (stamp, json.loads(path.read_text()))
+        return cached[1]
     except (FileNotFoundError, json.JSONDecodeError):
         return {"jobs": {}}
 
@@ -201,11 +211,7 @@ class JobRunner:
             shutil.rmtree(tmp, ignore_errors=True)
             link_tree(served_version(self.base), tmp)
             for rel in job.outputs:
-                target = tmp / rel
-                if target.is_symlink() or target.is_file():
-                    target.unlink()
-                elif target.exists():
-                    shutil.rmtree(target)
+                remove_path(tmp / rel)
             os.replace(tmp, stage)
         logfile = self.root / f"{job.name}.log"
         t0 = time.time()
@@ -268,7 +274,7 @@ class JobRunner:
                                                  start_new_session=True, env=env)
             self._update(name, pid=proc.pid)
             buf = b""
-            while chunk := proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+            while chunk := proc.stdout.read1(4096):
                 out.write(chunk)
                 buf += chunk
                 *segments, buf = re.split(rb"[\r\n]", buf)
