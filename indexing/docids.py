@@ -79,6 +79,12 @@ def build_docids(vectors: np.ndarray, ids: list[str], levels: int = 3, codes: in
     return DocIDs(full, list(ids), vocab)
 
 
+def atomic_ids(ids: list[str]) -> DocIDs:
+    """One token per item (L = 1, V = N): collision-free by construction, no semantic sharing between IDs (the
+    item tokens' embeddings carry the item's features instead). Suits catalogues small enough for a flat head."""
+    return DocIDs(np.arange(len(ids), dtype=np.int64)[:, None], list(ids), len(ids))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))

@@ -39,14 +39,23 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from indexing.data import load_recsys, load_retrieval
-from indexing.docids import build_docids
-from models.artifacts import write_meta
+from indexing.docids import atomic_ids, build_docids
+from models.artifacts import read_meta, write_meta
 from models.backend import Request
 from models.causal_lm import load_causal_lm, perplexity
 from models.docids import DocIDs
 from models.gems import subspaces as gems
-from models.gems.item_ids import ItemVocab, add_item_tokens, beam_search, recommend_prompt, search_prompt
+from models.gems.item_ids import (
+    RECOMMEND_TEMPLATE,
+    ItemVocab,
+    add_item_tokens,
+    beam_search,
+    mean_pairwise_cosine,
+    recommend_prompt,
+    search_prompt,
+)
 from models.registry import load_backend
+from models.sasrec.model import SASRec, training_windows
 from training.common import add_config_args, add_threads_arg, config_from_args, config_values, set_threads
 from training.eval.metrics import single_target
 
@@ -58,13 +67,17 @@ ADAPTER_OPTIONS = ("top_layers", "rank", "null_energy")  # GEMSConfig fields the
 
 @dataclass
 class TrainConfig:
-    examples_per_task: int = 2000
+    ids: str = "atomic"  # item IDs: atomic (one token per item) | semantic (2 x 32 residual k-means + disambiguation)
+    item_init: str = "features"  # item tokens from collaborative + content features | titles (mean title embedding)
+    search_examples: int | None = 6000  # distinct (history, query, item) training cases sampled (None: all)
+    recommend_users: int | None = None  # users whose training sequences are learned (None: all)
     epochs: int = 3
-    batch_size: int = 32
+    batch_size: int = 32  # recommendation windows per step (search: as many steps, its cases spread over them)
     lr: float = 2e-3
     head_lr: float = 2e-3
-    history: int = 10  # items in a recommendation prompt
-    eval_users: int = 200
+    history: int = 50  # items in a recommendation prompt and training window (SASRec's max_len)
+    search_history: int = 10  # the user's last items in a personalised search prompt
+    eval_users: int | None = None  # test examples per task (None: every user, 943)
     valid_examples: int = 48  # per task, scored after every epoch (validation HR@10)
     beam: int = 20
     general_texts: int = 600  # general-domain sentences for the null space (and as many for perplexity)
@@ -72,24 +85,63 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------ data
-def item_ids(artifacts: Path, out: Path) -> DocIDs:
-    """Semantic IDs of the catalogue's items from the search index's MiniLM vectors (cached in out/itemids)."""
+def item_ids(artifacts: Path, out: Path, scheme: str = "semantic") -> DocIDs:
+    """The catalogue's item IDs (cached in out/itemids): atomic, or semantic IDs from the search index's MiniLM
+    vectors."""
     d = out / "itemids"
-    if (d / "meta.json").exists():
+    if (d / "meta.json").exists() and read_meta(d).get("scheme", "semantic") == scheme:
         return DocIDs.load(d)
     dense = artifacts / "search" / "dense"
-    ids = build_docids(np.load(dense / "vectors.npy"), json.loads((dense / "ids.json").read_text()), 2, 32)
-    ids.save(d, levels=2, codes=32, embeddings=str(dense))
+    catalogue = json.loads((dense / "ids.json").read_text())
+    if scheme == "atomic":
+        ids = atomic_ids(catalogue)
+        ids.save(d, levels=1, codes=len(catalogue), scheme="atomic")
+        return ids
+    ids = build_docids(np.load(dense / "vectors.npy"), catalogue, 2, 32)
+    ids.save(d, levels=2, codes=32, embeddings=str(dense), scheme="semantic")
     return ids
 
 
-def examples(data, vocab: ItemVocab, split: str, n: int | None, history: int, seed: int) -> dict[str, list]:
-    """task -> [(prompt, target item, user history)]."""
+def item_features(artifacts: Path, item_list: list[str], dim: int, scale: float, seed: int = 0) -> torch.Tensor:
+    """One row per item (N x dim): its collaborative embedding (the trained SASRec's item embedding) and its content
+    embedding (MiniLM of the item text, the dense search index), each centred and L2-normalised, concatenated, and
+    mapped to the LM's width by a fixed random orthonormal map (inner products kept), rows scaled to `scale` (the
+    mean norm of the LM's token embeddings). Items are as distinct as their features: not the mean of titles."""
+    model, sas_ids = SASRec.from_dir(artifacts / "recommend" / "sasrec")
+    collab_all = model.item_emb.weight.detach()[1:].float()
+    sas_row = {i: n for n, i in enumerate(sas_ids)}
+    dense = artifacts / "search" / "dense"
+    content_all = torch.from_numpy(np.load(dense / "vectors.npy")).float()
+    dense_row = {i: n for n, i in enumerate(json.loads((dense / "ids.json").read_text()))}
+
+    def block(table: torch.Tensor, rows: dict[str, int]) -> torch.Tensor:
+        x = torch.stack([table[rows[i]] if i in rows else torch.zeros(table.shape[1]) for i in item_list])
+        return F.normalize(x - x.mean(0), dim=-1)
+
+    feats = torch.cat([block(collab_all, sas_row), block(content_all, dense_row)], dim=1) / math.sqrt(2)
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, feats.shape[1], generator=g))  # dim x F, orthonormal columns
+    return feats @ q.T * scale
+
+
+def examples(data, vocab: ItemVocab, split: str, n: int | None, cfg: TrainConfig, seed: int) -> dict[str, list]:
+    """task -> [(prompt, target item, user history)]: the served prompts (personalised search)."""
     ex = [e for e in data.examples(split) if e.target in vocab.row]
     if n is not None and len(ex) > n:
         ex = random.Random(seed).sample(ex, n)
-    return {"search": [(search_prompt(e.query), e.target, e.history) for e in ex],
-            "recommend": [(recommend_prompt(vocab, e.history, history), e.target, e.history) for e in ex]}
+    return {"search": [(search_prompt(e.query, vocab, e.history, cfg.search_history), e.target, e.history)
+                       for e in ex],
+            "recommend": [(recommend_prompt(vocab, e.history, cfg.history), e.target, e.history) for e in ex]}
+
+
+def recommend_windows(data, vocab: ItemVocab, max_len: int, users: int | None = None) -> list[list[str]]:
+    """Every (or the first `users`) training sequence tiled into windows of up to max_len + 1 items
+    (models.sasrec.training_windows): one causal pass learns the next item at every position, as SASRec does."""
+    out = []
+    for seq in list(data.train_sequences().values())[:users]:
+        rows = [vocab.row[i] for i in seq if i in vocab.row]
+        out += [[vocab.ids.ids[r] for r in inp + [tgt[-1]]] for inp, tgt in training_windows(rows, max_len)]
+    return out
 
 
 def general_texts(data_dir: Path, n: int) -> tuple[list[str], list[str]]:
@@ -101,16 +153,28 @@ def general_texts(data_dir: Path, n: int) -> tuple[list[str], list[str]]:
 
 
 class Encoded:
-    """Token ids of prompt + target (teacher forcing), the positions that predict each level, cached states."""
+    """Token ids (teacher forcing), the positions that predict an item token with its level and code, cached
+    states. Built from prompts (one target item after the prompt) or from item sequences (every item after the
+    first is a target, predicted from the items before it)."""
 
-    def __init__(self, tok, vocab: ItemVocab, rows: list[tuple[str, str, list[str]]]):
-        self.ids, self.pred_pos, self.targets = [], [], []
-        for prompt, target, _ in rows:
+    def __init__(self, tok, vocab: ItemVocab, rows: list[tuple[str, str, list[str]]] | None = None,
+                 sequences: list[list[str]] | None = None):
+        self.ids, self.pred_pos, self.levels, self.targets = [], [], [], []
+        for prompt, target, _ in rows or []:
             p = tok(prompt, add_special_tokens=False)["input_ids"]
             t = vocab.token_ids(vocab.row[target])
             self.ids.append(p + t[:-1])
             self.pred_pos.append([len(p) - 1 + i for i in range(len(t))])
+            self.levels.append(list(range(len(t))))
             self.targets.append([int(c) for c in vocab.ids.codes[vocab.row[target]]])
+        for seq in sequences or []:
+            p = tok(RECOMMEND_TEMPLATE.format(history=""), add_special_tokens=False)["input_ids"]
+            toks = [t for i in seq for t in vocab.token_ids(vocab.row[i])]
+            L = vocab.length
+            self.ids.append(p + toks[:-1])
+            self.pred_pos.append([len(p) + n * L + lv - 1 for n in range(1, len(seq)) for lv in range(L)])
+            self.levels.append([lv for _ in range(1, len(seq)) for lv in range(L)])
+            self.targets.append([int(vocab.ids.codes[vocab.row[i]][lv]) for i in seq[1:] for lv in range(L)])
         self.states: list[torch.Tensor] = []
 
     @torch.no_grad()
@@ -137,7 +201,7 @@ class Encoded:
 
 def top_loss(model, enc: Encoded, idx: list[int], n_lower: int, item_head: torch.Tensor, vocab: ItemVocab
              ) -> torch.Tensor:
-    """Cross-entropy of the target item's tokens, level by level, running only the adapted blocks."""
+    """Cross-entropy of the target item tokens (every predicting position), running only the adapted blocks."""
     lm = model.model
     width = max(len(enc.ids[i]) for i in idx)
     h = torch.zeros(len(idx), width, lm.config.hidden_size)
@@ -152,9 +216,11 @@ def top_loss(model, enc: Encoded, idx: list[int], n_lower: int, item_head: torch
     V = vocab.vocab
     rows = torch.tensor([r for r, i in enumerate(idx) for _ in enc.pred_pos[i]])
     cols = torch.tensor([p for i in idx for p in enc.pred_pos[i]])
-    levels = torch.tensor([lv for i in idx for lv in range(len(enc.pred_pos[i]))])
+    levels = torch.tensor([lv for i in idx for lv in enc.levels[i]])
     targets = torch.tensor([t for i in idx for t in enc.targets[i]])
     hs = h[rows, cols].float()  # (n, d)
+    if vocab.length == 1:
+        return F.cross_entropy(hs @ item_head.T, targets)
     head = item_head.view(vocab.length, V, -1)[levels]  # (n, V, d)
     logits = torch.einsum("nd,nvd->nv", hs, head)
     return F.cross_entropy(logits, targets)
@@ -185,17 +251,39 @@ def evaluate_llm(model, tok, vocab, item_head, test: dict[str, list], beam: int,
     return out
 
 
-def evaluate_baselines(artifacts: Path, test: dict[str, list]) -> dict[str, dict]:
+def evaluate_baselines(artifacts: Path, test: dict[str, list], data) -> dict[str, dict]:
+    """The non-LLM rows on the same test examples: the gateway's backends, plus two personalised-search baselines:
+    the category lookup (items whose category query is exactly the query, by training popularity) and BM25's top
+    100 re-ranked by SASRec on the user's history."""
     rows = {}
+    queries = [prompt.split("\nSearch: ", 1)[1].split("\nItem:")[0] for prompt, _, _ in test["search"]]
     for task, names in (("search", ["bm25", "dense"]), ("recommend", ["popularity", "cooc", "sasrec"])):
         for name in names:
             backend = load_backend(artifacts, task, name)
             ranked = []
-            for prompt, _, hist in test[task]:
-                q = prompt.split("Search: ", 1)[1].split("\nItem:")[0] if task == "search" else ""
+            for n, (_, _, hist) in enumerate(test[task]):
+                q = queries[n] if task == "search" else ""
                 ans = backend.answer([Request(task, query=q, history=hist, k=10)])[0]
                 ranked.append([h.id for h in ans.hits])
             rows[f"{name} ({task})"] = {task: rank_metrics(ranked, [t for _, t, _ in test[task]])}
+    targets = [t for _, t, _ in test["search"]]
+    popular = {}
+    for seq in data.train_sequences().values():
+        for i in seq:
+            popular[i] = popular.get(i, 0) + 1
+    by_query: dict[str, list[str]] = {}
+    for i, d in data.items.items():
+        by_query.setdefault(d.get("category_query", ""), []).append(i)
+    ranked = [sorted(by_query.get(q, []), key=lambda i: -popular.get(i, 0))[:10] for q in queries]
+    rows["category lookup (search)"] = {"search": rank_metrics(ranked, targets)}
+    bm25 = load_backend(artifacts, "search", "bm25")
+    sasrec = load_backend(artifacts, "recommend", "sasrec")
+    ranked = []
+    for q, (_, _, hist) in zip(queries, test["search"]):
+        cands = [h.id for h in bm25.answer([Request("search", query=q, k=100)])[0].hits]
+        scores = sasrec.scores(hist)
+        ranked.append(sorted(cands, key=lambda i: -scores.get(i, -math.inf))[:10] if scores else cands[:10])
+    rows["bm25 + sasrec re-rank (search)"] = {"search": rank_metrics(ranked, targets)}
     return rows
 
 
@@ -229,8 +317,8 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
     params = [p for s in gcfg.subspaces for p in gems.parameters(model, s)]
     opt = torch.optim.AdamW([{"params": params, "lr": cfg.lr}, {"params": [item_head], "lr": cfg.head_lr}],
                             weight_decay=0.0)
-    n = min(len(enc[t].ids) for t in TASKS)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(enc["recommend"].ids) / cfg.batch_size)
+    per_step = {t: math.ceil(len(enc[t].ids) / steps_per_epoch) for t in TASKS}  # every case once an epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.head_lr], pct_start=0.1,
                                                 total_steps=cfg.epochs * steps_per_epoch)
     history = {"cos": [], "loss": {t: [] for t in TASKS}, "valid_hr10": []}
@@ -248,7 +336,7 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
         history, start = state["history"], state["epoch"]
         print(f"{name}: resumed after epoch {start}")
     for epoch in range(cfg.epochs):
-        orders = {t: rng.sample(range(len(enc[t].ids)), n) for t in TASKS}  # drawn for skipped epochs too
+        orders = {t: rng.sample(range(len(enc[t].ids)), len(enc[t].ids)) for t in TASKS}  # drawn when skipped too
         if epoch < start:
             continue
         model.train()
@@ -257,7 +345,9 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
             grads = {}
             for t in TASKS:
                 gems.set_task(model, t)
-                idx = orders[t][s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                idx = orders[t][s * per_step[t]:(s + 1) * per_step[t]]
+                if not idx:
+                    continue
                 loss = top_loss(model, enc[t], idx, n_lower, item_head, vocab)
                 loss.backward()
                 grads[t] = gems.task_gradients(model, gcfg)
@@ -294,18 +384,30 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
     t0 = time.time()
     data = load_recsys(data_dir / "ml100k")
     base, tok = load_causal_lm(lm, dtype=torch.float32)
-    ids = item_ids(artifacts, out)
-    vocab, head0 = add_item_tokens(base, tok, ids, {i: d.get("title", i) for i, d in data.items.items()})
-    train = examples(data, vocab, "train", cfg.examples_per_task, cfg.history, cfg.seed)
-    test = examples(data, vocab, "test", cfg.eval_users, cfg.history, cfg.seed + 1)
-    valid = examples(data, vocab, "valid", cfg.valid_examples, cfg.history, cfg.seed + 2)
+    ids = item_ids(artifacts, out, cfg.ids)
+    features = None
+    if cfg.item_init == "features":
+        scale = float(base.get_input_embeddings().weight.detach().norm(dim=-1).mean())
+        features = item_features(artifacts, ids.ids, base.config.hidden_size, scale, cfg.seed)
+    vocab, head0 = add_item_tokens(base, tok, ids, {i: d.get("title", i) for i, d in data.items.items()}, features)
+    train = examples(data, vocab, "train", cfg.search_examples, cfg, cfg.seed)
+    test = examples(data, vocab, "test", cfg.eval_users, cfg, cfg.seed + 1)
+    valid = examples(data, vocab, "valid", cfg.valid_examples, cfg, cfg.seed + 2)
     null_texts, ppl_texts = general_texts(data_dir, cfg.general_texts)
     n_lower = len(base.model.layers) - gems.GEMSConfig(**(gcfg_over or {})).top_layers
-    enc = {t: Encoded(tok, vocab, train[t]) for t in TASKS}
+    enc = {"search": Encoded(tok, vocab, train["search"]),
+           "recommend": Encoded(tok, vocab, sequences=recommend_windows(data, vocab, cfg.history, cfg.recommend_users))}
     for t in TASKS:
         enc[t].cache_lower(base, n_lower, desc=t)
-    report = {"config": asdict(cfg), "test_examples": len(test["search"]), "rows": {}, "curves": {}}
-    report["rows"].update({f"(a) {k}": v for k, v in evaluate_baselines(artifacts, test).items()})
+    report = {"config": asdict(cfg), "test_examples": len(test["search"]), "rows": {}, "curves": {},
+              "item_ids": {"scheme": cfg.ids, "init": cfg.item_init, "items": len(ids.ids),
+                           "leaves": len({tuple(r[:-1]) for r in ids.codes}) if ids.length > 1 else len(ids.ids),
+                           "collisions": int(len(ids.ids) - len({tuple(r[:-1]) for r in ids.codes}))
+                           if ids.length > 1 else 0,
+                           "token_mean_cosine": mean_pairwise_cosine(head0),
+                           "train_cases": {t: sum(len(p) for p in enc[t].pred_pos) for t in TASKS}}}
+    print(f"item IDs: {json.dumps(report['item_ids'])}", flush=True)
+    report["rows"].update({f"(a) {k}": v for k, v in evaluate_baselines(artifacts, test, data).items()})
     gems.attach(probe := copy.deepcopy(base), gems.GEMSConfig(variant="joint"))
     report["general_ppl_base"] = general_ppl(probe, tok, ppl_texts)["search"]
     del probe
@@ -336,11 +438,11 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
 def save_checkpoint(out: Path, model, gcfg, head, tok, vocab: ItemVocab, base, lm, cfg: TrainConfig) -> None:
     emb = base.get_input_embeddings().weight[vocab.first_token:vocab.first_token + len(vocab.tokens())]
     gems.save_adapters(model, gcfg, out, {"item_head": head, "item_embeddings": emb.detach().clone()},
-                       lm=str(lm) if lm else None, history=cfg.history)
+                       lm=str(lm) if lm else None, history=cfg.history, search_history=cfg.search_history)
     for t in TASKS:
         gems.export_peft(model, gcfg, t, out / "peft" / t)
     write_meta(out, backend="gems", lm=str(lm) if lm else None, variant=gcfg.variant, itemids="itemids",
-               history=cfg.history, beam=cfg.beam)
+               history=cfg.history, search_history=cfg.search_history, beam=cfg.beam, ids=cfg.ids)
     for t in TASKS:  # the registry's layout: <artifacts>/<task>/gems -> this checkpoint
         write_meta(out.parent / t / "gems", backend="gems", checkpoint=str(Path("..") / ".." / out.name))
 

@@ -1,5 +1,6 @@
 """The GEMS backend: one causal LM (with the GEMS adapters of training.train_gems) answers /search and
-/recommend by generating item semantic IDs with constrained beam search, so every result is a real item.
+/recommend by generating item IDs with constrained beam search, so every result is a real item. /search is
+personalised: with a user (user_id, or the history the gateway knows) the prompt carries their last items.
 
 Layout: <artifacts>/gems/ holds the checkpoint (adapters.safetensors with the item head and item-token
 embeddings, gems_config.json, itemids/, peft/<task>/ exports, meta.json naming the base LM);
@@ -47,7 +48,8 @@ class GEMSModel:
             self.model.get_input_embeddings().weight[first:first + n_new] = extra["item_embeddings"]
         self.item_head = extra["item_head"]
         self.vocab = ItemVocab(ids, first)
-        self.history = int(meta.get("history", 10))
+        self.history = int(meta.get("history", 10))  # items in a recommendation prompt
+        self.search_history = int(meta.get("search_history", 10))  # the user's last items in a search prompt
         self.model = self.model.to(dtype).eval()
         self.lock = threading.Lock()  # one generation at a time: the model uses every core
         self.engine = None
@@ -110,7 +112,7 @@ class GEMSBackend(Backend):
 
     def prompt(self, request: Request) -> str:
         if self.task == "search":
-            return search_prompt(request.query)
+            return search_prompt(request.query, self.shared.vocab, request.history, self.shared.search_history)
         return recommend_prompt(self.shared.vocab, request.history, self.shared.history)
 
     def _answer(self, requests: list[Request], deadline: float | None) -> list[list[Hit]]:

@@ -19,8 +19,8 @@ import torch
 from models.beam import MASKED, beam_decode
 from models.docids import DocIDs
 
-SEARCH_TEMPLATE = "Search: {query}\nItem:"
-RECOMMEND_TEMPLATE = "History: {history}\nNext item:"
+RECOMMEND_TEMPLATE = "History:{history}"
+SEARCH_TEMPLATE = "History:{history}\nSearch: {query}\nItem:"
 
 
 def token_text(level: int, code: int) -> str:
@@ -64,9 +64,12 @@ class ItemVocab:
         return self._row
 
 
-def add_item_tokens(model, tokenizer, ids: DocIDs, titles: dict[str, str]) -> tuple[ItemVocab, torch.Tensor]:
+def add_item_tokens(model, tokenizer, ids: DocIDs, titles: dict[str, str],
+                    features: torch.Tensor | None = None) -> tuple[ItemVocab, torch.Tensor]:
     """Add the item tokens to tokenizer and model; returns the vocab and the item head's initial weights
-    (L*V x d): each token's embedding = mean embedding of the title tokens of its items."""
+    (L*V x d), also written as the new tokens' input embeddings. With `features` (N x d, one row per item of
+    `ids`): each token = the mean feature of the items under it (atomic IDs: the item's own). Without: the mean
+    embedding of the title tokens of its items (the first GEMS; near-identical tokens, kept for comparison)."""
     new = [token_text(level, c) for level in range(ids.length) for c in range(ids.vocab)]
     tokenizer.add_tokens(new)
     first = tokenizer.convert_tokens_to_ids(new[0])
@@ -78,8 +81,11 @@ def add_item_tokens(model, tokenizer, ids: DocIDs, titles: dict[str, str]) -> tu
     with torch.no_grad():
         base_mean = emb[:first].float().mean(0)
         for row, item in enumerate(ids.ids):
-            t = tokenizer(titles.get(item, item), add_special_tokens=False)["input_ids"]
-            v = emb[t].float().mean(0) if t else base_mean
+            if features is not None:
+                v = features[row].float()
+            else:
+                t = tokenizer(titles.get(item, item), add_special_tokens=False)["input_ids"]
+                v = emb[t].float().mean(0) if t else base_mean
             for level, c in enumerate(ids.codes[row]):
                 init[level * ids.vocab + int(c)] += v
                 count[level * ids.vocab + int(c)] += 1
@@ -90,13 +96,26 @@ def add_item_tokens(model, tokenizer, ids: DocIDs, titles: dict[str, str]) -> tu
     return ItemVocab(ids, first), init.clone()
 
 
-def search_prompt(query: str) -> str:
-    return SEARCH_TEMPLATE.format(query=query.strip())
+def history_text(vocab: ItemVocab | None, history: list[str] | tuple = (), max_items: int = 10) -> str:
+    known = [h for h in history if vocab is not None and h in vocab.row][-max_items:] if max_items > 0 else []
+    return "".join(vocab.text(h) for h in known) or "(none)"
+
+
+def search_prompt(query: str, vocab: ItemVocab | None = None, history: list[str] | tuple = (),
+                  max_items: int = 10) -> str:
+    return SEARCH_TEMPLATE.format(query=query.strip(), history=history_text(vocab, history, max_items))
 
 
 def recommend_prompt(vocab: ItemVocab, history: list[str], max_items: int = 10) -> str:
-    known = [h for h in history if h in vocab.row][-max_items:]
-    return RECOMMEND_TEMPLATE.format(history=" ".join(vocab.text(h) for h in known) or "(none)")
+    return RECOMMEND_TEMPLATE.format(history=history_text(vocab, history, max_items))
+
+
+def mean_pairwise_cosine(rows: torch.Tensor) -> float:
+    """How alike the item tokens are: mean cosine over all distinct pairs of rows (1 = identical)."""
+    x = torch.nn.functional.normalize(rows.detach().float(), dim=-1)
+    n = len(x)
+    s = x.sum(0)
+    return float((s @ s - n) / max(1, n * (n - 1)))
 
 
 @torch.no_grad()

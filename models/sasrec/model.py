@@ -116,6 +116,16 @@ class SASRecBackend(Backend):
         c = self.model.cfg
         return {"d_model": c.d_model, "n_layers": c.n_layers, "max_len": c.max_len}
 
+    @torch.no_grad()
+    def scores(self, history: list[str]) -> dict[str, float]:
+        """Every item's score as the next item after `history` (empty when no item of it is known): what a
+        re-ranker of another backend's candidates reads."""
+        seq = [self.index[i] for i in history if i in self.index]
+        if not seq:
+            return {}
+        row = self.model.score_last(pad_left([seq], self.model.cfg.max_len))[0]
+        return {i: float(row[n + 1]) for n, i in enumerate(self.ids)}
+
     def _answer(self, requests: list[Request]) -> list[list[Hit]]:
         seqs = [[self.index[i] for i in r.history if i in self.index] for r in requests]
         out: list[list[Hit]] = [[] for _ in requests]  # no known history: nothing to say (gateway cold-starts)

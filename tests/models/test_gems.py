@@ -122,24 +122,41 @@ def test_gradient_split_routes_conflicts_to_task_subspaces(lm):
 def test_tiny_training_lowers_both_losses_and_generates_real_items(lm, artifacts, tmp_path):
     from indexing.data import load_recsys
     from models.gems.item_ids import add_item_tokens, beam_search
-    from training.train_gems import Encoded, TrainConfig, examples, item_ids, top_loss, train_variant
+    from training.train_gems import (
+        Encoded,
+        TrainConfig,
+        examples,
+        item_features,
+        item_ids,
+        recommend_windows,
+        top_loss,
+        train_variant,
+    )
 
     base, tok = copy.deepcopy(lm[0]), copy.deepcopy(lm[1])
     data = load_recsys(ROOT / "data" / "ml100k")
-    ids = item_ids(artifacts, artifacts / "gems-test")
-    vocab, head0 = add_item_tokens(base, tok, ids, {i: d["title"] for i, d in data.items.items()})
-    train = examples(data, vocab, "train", 64, 5, 0)
-    enc = {t: Encoded(tok, vocab, train[t]) for t in ("search", "recommend")}
+    ids = item_ids(artifacts, artifacts / "gems-test", "atomic")
+    feats = item_features(artifacts, ids.ids, base.config.hidden_size, 1.0)
+    vocab, head0 = add_item_tokens(base, tok, ids, {i: d["title"] for i, d in data.items.items()}, feats)
+    cfg = TrainConfig(search_examples=64, epochs=4, batch_size=4, lr=5e-3, head_lr=5e-3, history=8,
+                      search_history=3)
+    train = examples(data, vocab, "train", 64, cfg, 0)
+    enc = {"search": Encoded(tok, vocab, train["search"]),
+           "recommend": Encoded(tok, vocab, sequences=recommend_windows(data, vocab, cfg.history)[:16])}
+    # every item of a window after the first is a target, predicted at the position of the item before it
+    seq = recommend_windows(data, vocab, cfg.history)[0]
+    assert enc["recommend"].targets[0] == [vocab.row[i] for i in seq[1:]]
+    assert [enc["recommend"].ids[0][p + 1] for p in enc["recommend"].pred_pos[0][:-1]] == \
+        [vocab.first_token + vocab.row[i] for i in seq[1:-1]]
     n_lower = len(base.model.layers) - 2
     for t in enc:
         enc[t].cache_lower(base, n_lower)
-    cfg = TrainConfig(examples_per_task=64, epochs=4, batch_size=16, lr=5e-3, head_lr=5e-3)
     probe = copy.deepcopy(base)
     gems.attach(probe, gems.GEMSConfig(top_layers=2))
-    idx = list(range(32))
+    idx = list(range(16))
     before = {t: top_loss(probe, enc[t], idx, n_lower, head0, vocab).item() for t in enc}
     random.seed(0), torch.manual_seed(0)
-    valid = examples(data, vocab, "valid", 16, 5, 1)
+    valid = examples(data, vocab, "valid", 16, cfg, 1)
     model, gcfg, head, hist, _ = train_variant("gems", base, tok, vocab, head0, enc, cfg, GENERAL,
                                                {"top_layers": 2}, valid, tmp_path / "state")
     assert len(hist["valid_hr10"]) == 4 and set(hist["valid_hr10"][0]) == {"search", "recommend"}
@@ -160,6 +177,25 @@ def test_tiny_training_lowers_both_losses_and_generates_real_items(lm, artifacts
     assert len(res[0]) == 5 and all(i in vocab.row for i, _ in res[0])  # only real items
 
 
+def test_item_tokens_are_distinct_after_initialisation(lm, artifacts):
+    """Collaborative + content features make item tokens more distinct than ordinary words; the mean of the titles'
+    token embeddings (the first GEMS) made them near-identical."""
+    from indexing.data import load_recsys
+    from models.gems.item_ids import add_item_tokens, mean_pairwise_cosine
+    from training.train_gems import item_features, item_ids
+
+    data = load_recsys(ROOT / "data" / "ml100k")
+    titles = {i: d["title"] for i, d in data.items.items()}
+    ids = item_ids(artifacts, artifacts / "gems-test", "atomic")
+    assert ids.length == 1 and len({int(c) for c in ids.codes[:, 0]}) == len(ids.ids)  # collision-free
+    words = mean_pairwise_cosine(lm[0].get_input_embeddings().weight[:5000])
+    feats = item_features(artifacts, ids.ids, lm[0].config.hidden_size, 1.0)
+    _, head = add_item_tokens(copy.deepcopy(lm[0]), copy.deepcopy(lm[1]), ids, titles, feats)
+    _, by_title = add_item_tokens(copy.deepcopy(lm[0]), copy.deepcopy(lm[1]), ids, titles)
+    # measured: features ~0.00, ordinary words ~0.45, one title's mean embedding per item ~0.83
+    assert mean_pairwise_cosine(head) < 0.1 < words < 0.6 < 0.75 < mean_pairwise_cosine(by_title)
+
+
 # ---------------------------------------------------------------- the pipeline and the served backend
 @pytest.fixture(scope="module")
 def tiny_gems_artifacts(artifacts, tmp_path_factory):
@@ -171,7 +207,8 @@ def tiny_gems_artifacts(artifacts, tmp_path_factory):
         (root / task).mkdir()
         for d in (artifacts / task).iterdir():
             (root / task / d.name).symlink_to(d)
-    cfg = TrainConfig(examples_per_task=96, epochs=2, batch_size=16, eval_users=24, beam=10, general_texts=48)
+    cfg = TrainConfig(search_examples=96, recommend_users=24, epochs=2, batch_size=16, eval_users=24, beam=10,
+                      general_texts=48, history=20)
     report = run(root / "gems", root, ROOT / "data", ["gems"], cfg, None, root / "results", {"top_layers": 2})
     return root, report
 
