@@ -61,8 +61,13 @@ from training.eval.metrics import single_target
 
 TASKS = ("search", "recommend")
 VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(variant="single", null_space=False),
-            "gems-nonull": dict(variant="gems", null_space=False), "gems": dict(variant="gems", null_space=True)}
-ADAPTER_OPTIONS = ("top_layers", "rank", "null_energy")  # GEMSConfig fields the CLI sets (defaults: GEMSConfig's)
+            "gems-nonull": dict(variant="gems", form="grad", null_space=False),
+            "gems": dict(variant="gems", form="grad", null_space=True),
+            "gems-lora": dict(variant="gems", form="lora", null_space=True)}
+LABELS = {"joint": "(b) one LoRA, both tasks", "single": "(c) one LoRA per task",
+          "gems-nonull": "(d) GEMS, no null space", "gems": "(e) GEMS",
+          "gems-lora": "(f) GEMS as LoRA subspaces + gradient split"}
+ADAPTER_OPTIONS = ("top_layers", "rank", "null_energy", "refresh")  # GEMSConfig fields the CLI sets (defaults: GEMSConfig's)
 
 
 @dataclass
@@ -71,14 +76,15 @@ class TrainConfig:
     item_init: str = "features"  # item tokens from collaborative + content features | titles (mean title embedding)
     search_examples: int | None = 6000  # distinct (history, query, item) training cases sampled (None: all)
     recommend_users: int | None = None  # users whose training sequences are learned (None: all)
-    epochs: int = 3
+    epochs: int = 8
     batch_size: int = 32  # recommendation windows per step (search: as many steps, its cases spread over them)
-    lr: float = 2e-3
+    lr: float = 2e-3  # LoRA-form adapters (AdamW)
     head_lr: float = 2e-3
+    grad_lr: float = 1e-3  # grad-form GEMS (Adam in the projected gradient subspaces)
     history: int = 50  # items in a recommendation prompt and training window (SASRec's max_len)
     search_history: int = 10  # the user's last items in a personalised search prompt
     eval_users: int | None = None  # test examples per task (None: every user, 943)
-    valid_examples: int = 48  # per task, scored after every epoch (validation HR@10)
+    valid_examples: int = 100  # per task, scored after every epoch (validation HR@10)
     beam: int = 20
     general_texts: int = 600  # general-domain sentences for the null space (and as many for perplexity)
     seed: int = 0
@@ -333,12 +339,14 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
                                          gcfg.null_energy)
         ranks = gems.protect(model, dirs)
     item_head = torch.nn.Parameter(head0.clone())
-    params = [p for s in gcfg.subspaces for p in gems.parameters(model, s)]
-    opt = torch.optim.AdamW([{"params": params, "lr": cfg.lr}, {"params": [item_head], "lr": cfg.head_lr}],
-                            weight_decay=0.0)
+    grad_form = gcfg.form == "grad"  # the paper's GEMS: its own optimiser moves the layers; AdamW the item head
+    params = [] if grad_form else [p for s in gcfg.subspaces for p in gems.parameters(model, s)]
+    groups = ([{"params": params, "lr": cfg.lr}] if params else []) + [{"params": [item_head], "lr": cfg.head_lr}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    gopt = gems.GradientSubspaceOptimizer(model, gcfg, cfg.grad_lr) if grad_form else None
     steps_per_epoch = math.ceil(len(enc["recommend"].ids) / cfg.batch_size)
     per_step = {t: math.ceil(len(enc[t].ids) / steps_per_epoch) for t in TASKS}  # every case once an epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.lr, cfg.head_lr], pct_start=0.1,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], pct_start=0.1,
                                                 total_steps=cfg.epochs * steps_per_epoch)
     history = {"cos": [], "loss": {t: [] for t in TASKS}, "valid_hr10": []}
     rng = random.Random(cfg.seed)
@@ -352,6 +360,8 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
             item_head.copy_(state["head"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
+        if gopt is not None:
+            gopt.load_state_dict(state["gopt"])
         history, start = state["history"], state["epoch"]
         print(f"{name}: resumed after epoch {start}")
     for epoch in range(cfg.epochs):
@@ -369,16 +379,22 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
                     continue
                 loss = top_loss(model, enc[t], idx, n_lower, item_head, vocab)
                 loss.backward()
-                grads[t] = gems.task_gradients(model, gcfg)
+                grads[t] = gems.layer_gradients(model) if grad_form else gems.task_gradients(model, gcfg)
                 history["loss"][t].append(loss.item())
-            cos = gems.split_gradients(model, grads, gcfg)
+            if grad_form:
+                cos = gems.gradient_cosine(grads)
+                torch.nn.utils.clip_grad_norm_([item_head], 1.0)
+                gopt.step(grads, cfg.grad_lr * opt.param_groups[-1]["lr"] / cfg.head_lr)  # the same schedule
+                opt.step()
+            else:
+                cos = gems.split_gradients(model, grads, gcfg)
+                before = gems.snapshot_A(model)
+                torch.nn.utils.clip_grad_norm_(params + [item_head], 1.0)
+                opt.step()
+                gems.project_updates(model, before)
             history["cos"].append(cos)
-            before = gems.snapshot_A(model)
-            torch.nn.utils.clip_grad_norm_(params + [item_head], 1.0)
-            opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            gems.project_updates(model, before)
             bar.set_postfix(search=f"{history['loss']['search'][-1]:.3f}",
                             rec=f"{history['loss']['recommend'][-1]:.3f}", cos=f"{cos:.2f}")
         model.eval()
@@ -390,7 +406,8 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
         if last is not None:
             last.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"adapters": gems.adapter_state(model), "head": item_head.detach(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "history": history, "epoch": epoch + 1}, last)
+                        "sched": sched.state_dict(), "history": history, "epoch": epoch + 1,
+                        "gopt": gopt.state_dict() if gopt is not None else None}, last)
     model.eval()
     gems.set_task(model, None)
     return model, gcfg, item_head.detach(), history, ranks
@@ -398,7 +415,7 @@ def train_variant(name: str, base, tok, vocab: ItemVocab, head0: torch.Tensor, e
 
 # ------------------------------------------------------------------ the pipeline
 def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: TrainConfig, lm: str | None,
-        results: Path, gcfg_over: dict | None = None) -> dict:
+        results: Path, gcfg_over: dict | None = None, baselines: bool = True) -> dict:
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     t0 = time.time()
     data = load_recsys(data_dir / "ml100k")
@@ -428,12 +445,12 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
                            "token_mean_cosine": mean_pairwise_cosine(head0),
                            "train_cases": {t: sum(len(p) for p in enc[t].pred_pos) for t in TASKS}}}
     print(f"item IDs: {json.dumps(report['item_ids'])}", flush=True)
-    report["rows"].update({f"(a) {k}": v for k, v in evaluate_baselines(artifacts, test, data).items()})
+    if baselines:
+        report["rows"].update({f"(a) {k}": v for k, v in evaluate_baselines(artifacts, test, data).items()})
     gems.attach(probe := copy.deepcopy(base), gems.GEMSConfig(variant="joint"))
     report["general_ppl_base"] = general_ppl(probe, tok, ppl_texts)["search"]
     del probe
-    labels = {"joint": "(b) one LoRA, both tasks", "single": "(c) one LoRA per task",
-              "gems-nonull": "(d) GEMS, no null space", "gems": "(e) GEMS"}
+    labels = LABELS
     for name in variants:
         t1 = time.time()
         model, gcfg, head, hist, ranks = train_variant(name, base, tok, vocab, head0, enc, cfg, null_texts, gcfg_over,
@@ -513,13 +530,14 @@ def main(argv=None) -> None:
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--lm", default=None)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--no-baselines", action="store_true", help="skip the (a) rows (when variants run apart)")
     add_config_args(p, gems.GEMSConfig, ADAPTER_OPTIONS)
     add_config_args(p, TrainConfig)
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
     run(a.out, a.artifacts, a.data, a.variants.split(","), config_from_args(TrainConfig, a), a.lm, a.results,
-        config_values(gems.GEMSConfig, a, ADAPTER_OPTIONS))
+        config_values(gems.GEMSConfig, a, ADAPTER_OPTIONS), baselines=not a.no_baselines)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class GEMSConfig:
     targets: tuple[str, ...] = TARGETS
     null_space: bool = True
     null_energy: float = 0.9  # fraction of the general-domain input covariance's energy that is protected
+    form: str = "lora"  # lora: low-rank factors per subspace + the gradient split | grad: projected-gradient subspaces
+    refresh: int = 100  # form=grad: optimiser steps between SVD refreshes of the gradient subspaces
     extra: dict = field(default_factory=dict)
 
     @property
@@ -110,6 +112,46 @@ class MultiSubspaceLinear(nn.Module):
             a.copy_(before[s] + (a - before[s]) @ self.projector)
 
 
+class GradSubspaceLinear(nn.Module):
+    """A frozen nn.Linear plus one dense update per subspace, y = W x + D_shared x + D_task x, trained only through
+    `GradientSubspaceOptimizer` (each D moves inside its own low-rank gradient subspace, so it stays low rank:
+    at most rank x refreshes)."""
+
+    def __init__(self, base: nn.Linear, subspaces: tuple[str, ...]):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.task: str | None = None
+        self.D = nn.ParameterDict({s: nn.Parameter(torch.zeros(base.out_features, base.in_features))
+                                   for s in subspaces})
+        self.register_buffer("projector", None, persistent=False)
+
+    @property
+    def A(self) -> dict:  # the subspaces, by name (the LoRA form's A factors play that role there)
+        return self.D
+
+    def active(self) -> list[str]:
+        return [s for s in self.D if s == "shared" or s == self.task]
+
+    def delta_weight(self, task: str | None) -> torch.Tensor:
+        names = [s for s in self.D if s == "shared" or s == task]
+        return sum((self.D[s].float() for s in names), torch.zeros_like(self.base.weight, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        for s in self.active():
+            y = y + x @ self.D[s].to(x.dtype).T
+        return y
+
+    @torch.no_grad()
+    def set_protected(self, U: torch.Tensor | None) -> None:
+        self.projector = None if U is None or U.shape[1] == 0 else torch.eye(U.shape[0]) - U @ U.T
+
+    def project_update(self, before) -> None:  # the optimiser projects every update itself
+        return None
+
+
 def adapted_layers(model, cfg: GEMSConfig) -> list[int]:
     n = len(model.model.layers)
     return list(range(max(0, n - cfg.top_layers), n))
@@ -125,14 +167,15 @@ def attach(model, cfg: GEMSConfig) -> dict[str, MultiSubspaceLinear]:
         for parent_name, parent in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
             for t in cfg.targets:
                 if isinstance(getattr(parent, t, None), nn.Linear):
-                    m = MultiSubspaceLinear(getattr(parent, t), cfg.subspaces, cfg.rank, cfg.alpha)
+                    m = (GradSubspaceLinear(getattr(parent, t), cfg.subspaces) if cfg.form == "grad" else
+                         MultiSubspaceLinear(getattr(parent, t), cfg.subspaces, cfg.rank, cfg.alpha))
                     setattr(parent, t, m)
                     out[f"model.layers.{i}.{parent_name}.{t}"] = m
     return out
 
 
-def modules(model) -> dict[str, MultiSubspaceLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, MultiSubspaceLinear)}
+def modules(model) -> dict[str, MultiSubspaceLinear | GradSubspaceLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (MultiSubspaceLinear, GradSubspaceLinear))}
 
 
 def set_task(model, task: str | None) -> None:
@@ -141,7 +184,8 @@ def set_task(model, task: str | None) -> None:
 
 
 def parameters(model, subspace: str) -> list[nn.Parameter]:
-    return [p for m in modules(model).values() if subspace in m.A for p in (m.A[subspace], m.B[subspace])]
+    return [p for m in modules(model).values() if subspace in m.A
+            for p in ((m.D[subspace],) if isinstance(m, GradSubspaceLinear) else (m.A[subspace], m.B[subspace]))]
 
 
 # ------------------------------------------------------------------ null space from general-domain activations
@@ -250,10 +294,132 @@ def task_gradients(model, cfg: GEMSConfig) -> dict[str, torch.Tensor]:
     return out
 
 
+# ------------------------------------------------------------------ the paper's form: projected-gradient subspaces
+def top_left_vectors(m: torch.Tensor, r: int) -> torch.Tensor:
+    """The top-r left singular vectors of m (rows x r, orthonormal columns)."""
+    u, _, _ = torch.linalg.svd(m.float(), full_matrices=False)
+    return u[:, :min(r, u.shape[1])]
+
+
+def low_rank_factors(d: torch.Tensor, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """d = B @ A exactly at d's numerical rank (singular values above tol x the largest): (A, B), at least rank 1."""
+    u, sv, vh = torch.linalg.svd(d.float(), full_matrices=False)
+    k = max(1, int((sv > tol * sv[0].clamp(min=1e-30)).sum())) if sv.numel() else 1
+    root = sv[:k].sqrt()
+    return root[:, None] * vh[:k], u[:, :k] * root[None]
+
+
+class GradientSubspaceOptimizer:
+    """Gradient multi-subspace tuning (GEMS), the form-"grad" layers' optimiser. For every adapted layer, each task's
+    gradient G_t of the layer's update (d_out x d_in; the same for D_shared and D_task, which enter additively) is
+    split between complementary low-rank subspaces of the gradient, GaLore-style:
+
+        shared  S   = top-r left singular vectors of [G_1/|G_1|, G_2/|G_2|]   (directions both tasks use)
+        task t  T_t = top-r left singular vectors of (I - S S^T) G_t         (t's own directions, orthogonal to S)
+
+    refreshed every `refresh` steps. Adam runs in the projected space (state r x d_in): D_shared moves along
+    S Adam(S^T (G_1 + G_2)), D_t along T_t Adam(T_t^T G_t), so the tasks' signals meet only where they share
+    directions and neither overwrites the other's. With a null space (the layer's protected general-domain input
+    directions U) every update is right-multiplied by I - U U^T: Delta W U = 0, as in the LoRA form."""
+
+    def __init__(self, model, cfg: GEMSConfig, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.mods = {n: m for n, m in modules(model).items() if isinstance(m, GradSubspaceLinear)}
+        self.cfg, self.lr, self.betas, self.eps = cfg, lr, betas, eps
+        self.t = 0
+        self.state: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+
+    def bases(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Subspace name -> basis (d_out x r) from this layer's per-task gradients."""
+        out = {}
+        tasks = [t for t in self.cfg.tasks if t in grads]
+        shared = None
+        if "shared" in self.cfg.subspaces:
+            stack = torch.cat([grads[t] / grads[t].norm().clamp(min=1e-12) for t in tasks], dim=1)
+            shared = out["shared"] = top_left_vectors(stack, self.cfg.rank)
+        for t in tasks:
+            if t in self.cfg.subspaces:
+                g = grads[t] if shared is None else grads[t] - shared @ (shared.T @ grads[t])
+                out[t] = top_left_vectors(g, self.cfg.rank)
+        return out
+
+    @torch.no_grad()
+    def step(self, grads: dict[str, dict[str, torch.Tensor]], lr: float | None = None) -> None:
+        """grads: task -> layer name -> G_t (the .grad of the layer's D after that task's backward)."""
+        lr = self.lr if lr is None else lr
+        refresh = self.t % max(1, self.cfg.refresh) == 0
+        self.t += 1
+        b1, b2 = self.betas
+        for name, m in self.mods.items():
+            g = {t: grads[t][name].float() for t in grads if name in grads[t]}
+            if refresh:
+                for sub, basis in self.bases(g).items():
+                    st = self.state.setdefault((name, sub), {})
+                    if "m" in st and st["P"].shape == basis.shape:  # moments follow the basis change (GaLore-like)
+                        rot = basis.T @ st["P"]
+                        st["m"], st["v"] = rot @ st["m"], (rot.abs() @ st["v"])
+                    st["P"] = basis
+            for sub in m.D:
+                st = self.state.get((name, sub))
+                if st is None:
+                    continue
+                gs = sum(g.values()) if sub == "shared" else g.get(sub)
+                if gs is None:
+                    continue
+                low = st["P"].T @ gs  # r x d_in
+                st["m"] = st.get("m", torch.zeros_like(low)) * b1 + (1 - b1) * low
+                st["v"] = st.get("v", torch.zeros_like(low)) * b2 + (1 - b2) * low * low
+                st["k"] = st.get("k", 0) + 1
+                mhat, vhat = st["m"] / (1 - b1 ** st["k"]), st["v"] / (1 - b2 ** st["k"])
+                update = st["P"] @ (mhat / (vhat.sqrt() + self.eps))
+                if m.projector is not None:
+                    update = update @ m.projector
+                m.D[sub].sub_(lr * update.to(m.D[sub].dtype))
+
+    def state_dict(self) -> dict:
+        return {"t": self.t, "state": {f"{n}|{s}": v for (n, s), v in self.state.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.t = sd["t"]
+        self.state = {tuple(k.split("|", 1)): v for k, v in sd["state"].items()}
+
+
+def layer_gradients(model) -> dict[str, torch.Tensor]:
+    """After one task's backward: each grad-form layer's gradient of its update (taken from any of its subspaces,
+    which all receive the same one); .grad is cleared."""
+    out = {}
+    for n, m in modules(model).items():
+        if isinstance(m, GradSubspaceLinear):
+            for s in m.active():
+                if m.D[s].grad is not None:
+                    out[n] = m.D[s].grad.detach().clone()
+                    break
+            for p in m.D.values():
+                p.grad = None
+    return out
+
+
+def gradient_cosine(grads: dict[str, dict[str, torch.Tensor]]) -> float:
+    """Cosine between the two tasks' gradients over all grad-form layers (the conflict measure)."""
+    tasks = list(grads)
+    if len(tasks) != 2:
+        return float("nan")
+    names = sorted(set(grads[tasks[0]]) & set(grads[tasks[1]]))
+    if not names:
+        return float("nan")
+    a = torch.cat([grads[tasks[0]][n].reshape(-1) for n in names])
+    b = torch.cat([grads[tasks[1]][n].reshape(-1) for n in names])
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
 # ------------------------------------------------------------------ save, load, peft export
+def _tables(m) -> tuple[tuple[str, dict], ...]:
+    return (("D", m.D),) if isinstance(m, GradSubspaceLinear) else (("A", m.A), ("B", m.B))
+
+
 def adapter_state(model) -> dict[str, torch.Tensor]:
     return {f"{n}.{kind}.{s}": t.detach().contiguous() for n, m in modules(model).items()
-            for kind, d in (("A", m.A), ("B", m.B)) for s, t in d.items()}
+            for kind, d in _tables(m) for s, t in d.items()}
 
 
 def save_adapters(model, cfg: GEMSConfig, directory: Path, extra_tensors: dict[str, torch.Tensor] | None = None,
@@ -277,26 +443,33 @@ def load_adapters(model, directory: Path) -> tuple[GEMSConfig, dict[str, torch.T
     state = load_file(str(Path(directory) / "adapters.safetensors"))
     with torch.no_grad():
         for n, m in mods.items():
-            for kind, d in (("A", m.A), ("B", m.B)):
+            for kind, d in _tables(m):
                 for s, t in d.items():
                     t.copy_(state.pop(f"{n}.{kind}.{s}"))
     return cfg, state
 
 
 def peft_state(model, cfg: GEMSConfig, task: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Task `task`'s adapter as one peft LoRA: A = [A_shared; A_task], B = [B_shared, B_task], rank = the sum,
-    lora_alpha chosen so peft's scaling (alpha / r) equals ours."""
+    """Task `task`'s adapter as one peft LoRA (scaling 1, ours folded into A). LoRA form: A = [A_shared; A_task],
+    B = [B_shared, B_task]; grad form: the exact low-rank factors of D_shared + D_task (SVD at numerical rank)."""
     state, rank = {}, None
+    factors = {}
     for n, m in modules(model).items():
-        names = [s for s in m.A if s == "shared" or s == task]
-        A = torch.cat([m.A[s].detach() for s in names], dim=0)
-        B = torch.cat([m.B[s].detach() for s in names], dim=1)
-        rank = A.shape[0]
+        if isinstance(m, GradSubspaceLinear):  # the dense update, factored exactly (it is low rank by construction)
+            factors[n] = low_rank_factors(m.delta_weight(task))
+        else:
+            names = [s for s in m.A if s == "shared" or s == task]
+            factors[n] = (torch.cat([m.A[s].detach() for s in names], dim=0) * m.scale,
+                          torch.cat([m.B[s].detach() for s in names], dim=1))
+    rank = max(a.shape[0] for a, _ in factors.values())
+    for n, (A, B) in factors.items():  # one rank for all layers (peft's r): pad with zero rows / columns
+        A = torch.cat([A, torch.zeros(rank - A.shape[0], A.shape[1])], dim=0)
+        B = torch.cat([B, torch.zeros(B.shape[0], rank - B.shape[1])], dim=1)
         state[f"base_model.model.{n}.lora_A.weight"] = A.contiguous()
         state[f"base_model.model.{n}.lora_B.weight"] = B.contiguous()
     targets = sorted({n.rsplit(".", 1)[1] for n in modules(model)})
     layers = sorted({int(n.split(".")[2]) for n in modules(model)})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": cfg.alpha / cfg.rank * rank,
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank,  # scaling 1 (in A)
               "lora_dropout": 0.0, "bias": "none", "target_modules": targets, "layers_to_transform": layers,
               "fan_in_fan_out": False, "base_model_name_or_path": None, "inference_mode": True}
     return state, config

@@ -100,6 +100,65 @@ def test_peft_export_gives_the_same_logits(lm, tmp_path):
         assert not torch.allclose(theirs, _logits(lm[0], tok), atol=1e-3)  # the adapter is really applied
 
 
+def _grad_form_steps(model, tok, cfg, steps=3, lr=1e-2):
+    """Real optimiser steps of the paper's GEMS (form="grad") on two tasks with different texts."""
+    opt = gems.GradientSubspaceOptimizer(model, cfg, lr)
+    texts = {"search": "History:(none)\nSearch: comedy 1990s\nItem:", "recommend": "History: a b c d e f"}
+    for _ in range(steps):
+        grads = {}
+        for task, text in texts.items():
+            gems.set_task(model, task)
+            model(**tok(text, return_tensors="pt")).logits.float().pow(2).mean().backward()
+            grads[task] = gems.layer_gradients(model)
+        opt.step(grads)
+    return opt, grads
+
+
+def test_gradient_subspaces_are_complementary_and_respect_the_null_space(lm):
+    """The paper's form: each layer's shared basis and task bases are orthonormal and mutually orthogonal, every
+    update lies in them (so D_shared has rank <= r x refreshes), and with a null space Delta W U = 0."""
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    cfg = gems.GEMSConfig(top_layers=1, form="grad", rank=4, refresh=2)
+    gems.attach(model, cfg)
+    enc = tok(GENERAL, return_tensors="pt", padding=True)
+    dirs = gems.protected_directions(model, [(enc["input_ids"], enc["attention_mask"])], cfg.null_energy)
+    gems.protect(model, dirs)
+    opt, grads = _grad_form_steps(model, tok, cfg, steps=3)
+    assert -1 <= gems.gradient_cosine(grads) <= 1
+    eye = torch.eye(cfg.rank)
+    for name, m in gems.modules(model).items():
+        S = opt.state[name, "shared"]["P"]
+        for task in cfg.tasks:
+            T = opt.state[name, task]["P"]
+            assert torch.allclose(T.T @ T, eye, atol=1e-4) and (S.T @ T).abs().max() < 1e-4, name
+            dW = m.delta_weight(task)
+            assert dW.norm() > 0 and (dW @ dirs[name]).norm() / dW.norm() < 1e-4, name
+        # refreshed at steps 0 and 2: at most two bases' worth of directions
+        assert torch.linalg.matrix_rank(m.D["shared"].float(), rtol=1e-4) <= 2 * cfg.rank
+
+
+def test_grad_form_round_trips_and_exports_to_peft_exactly(lm, tmp_path):
+    from peft import PeftModel
+
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    cfg = gems.GEMSConfig(top_layers=2, form="grad", rank=4, refresh=2, null_space=False)
+    gems.attach(model, cfg)
+    _grad_form_steps(model, tok, cfg, steps=4, lr=2e-2)
+    gems.save_adapters(model, cfg, tmp_path / "ad")
+    fresh = copy.deepcopy(lm[0])
+    cfg2, _ = gems.load_adapters(fresh, tmp_path / "ad")
+    assert cfg2 == cfg
+    for task in ("search", "recommend"):
+        gems.set_task(model, task), gems.set_task(fresh, task)
+        ours = _logits(model, tok)
+        assert torch.equal(ours, _logits(fresh, tok))
+        path = gems.export_peft(model, cfg, task, tmp_path / task)
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(lm[0]), str(path)).eval()
+        theirs = _logits(peft_model, tok)
+        assert torch.allclose(ours, theirs, atol=1e-3), (ours - theirs).abs().max()
+        assert not torch.allclose(theirs, _logits(lm[0], tok), atol=1e-3)
+
+
 def test_gradient_split_routes_conflicts_to_task_subspaces(lm):
     model = copy.deepcopy(lm[0])
     cfg = gems.GEMSConfig(top_layers=1)
