@@ -67,7 +67,7 @@ VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(var
 LABELS = {"joint": "(b) one LoRA, both tasks", "single": "(c) one LoRA per task",
           "gems-nonull": "(d) GEMS, no null space", "gems": "(e) GEMS",
           "gems-lora": "(f) GEMS as LoRA subspaces + gradient split"}
-ADAPTER_OPTIONS = ("top_layers", "rank", "null_energy", "refresh")  # GEMSConfig fields the CLI sets (defaults: GEMSConfig's)
+ADAPTER_OPTIONS = ("top_layers", "rank", "null_energy", "refresh")  # GEMSConfig fields the CLI sets
 
 
 @dataclass
