@@ -14,6 +14,7 @@ same interface.
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -27,6 +28,13 @@ from models.gems.item_ids import ItemVocab, beam_search, recommend_prompt, searc
 
 _SHARED: dict[tuple[Path, str, str | None], GEMSModel] = {}
 _LOCK = threading.Lock()
+
+
+def lora_rank(adapters) -> int:
+    """The smallest max_lora_rank vLLM accepts (8, 16, ..., 512) that holds every exported adapter's rank (the grad
+    form's rank is whatever its updates needed, up to rank x refreshes x 2)."""
+    need = max(json.loads((Path(a) / "adapter_config.json").read_text())["r"] for a in adapters)
+    return next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= need)
 
 
 class GEMSModel:
@@ -62,8 +70,8 @@ class GEMSModel:
             if engine == "vllm-server":
                 self.engine = VLLMServerItemGenerator(server_url, self.tok, self.vocab)
             else:
-                self.engine = VLLMItemGenerator(base, {t: directory / "peft" / t for t in self.cfg.tasks},
-                                                self.vocab, max_lora_rank=2 * self.cfg.rank)
+                adapters = {t: directory / "peft" / t for t in self.cfg.tasks}
+                self.engine = VLLMItemGenerator(base, adapters, self.vocab, max_lora_rank=lora_rank(adapters.values()))
 
     @classmethod
     def shared(cls, directory: Path, engine: str = "transformers", server_url: str | None = None) -> GEMSModel:

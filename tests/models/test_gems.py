@@ -3,6 +3,7 @@ training run on the real ML-100K data, and the item vocabulary / constrained gen
 from __future__ import annotations
 
 import copy
+import json
 import random
 from pathlib import Path
 
@@ -319,6 +320,8 @@ def test_vllm_export_scores_items_like_the_cpu_path(tiny_gems_artifacts):
     served = GEMSModel(root / "gems", dtype=torch.float32)  # the served path, in fp32 for an exact comparison
     base_dir = export(root / "gems")  # what the gems job runs (python -m training.export_vllm)
     assert base_dir == root / "gems" / "vllm-base" and (base_dir / "meta.json").exists()
+    rank = json.loads((root / "gems" / "peft" / "search" / "adapter_config.json").read_text())["r"]
+    assert rank <= json.loads((base_dir / "meta.json").read_text())["max_lora_rank"] in (8, 16, 32, 64, 128, 256, 512)
     exported = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     vllm_like = PeftModel.from_pretrained(exported, str(root / "gems" / "peft" / "search")).eval()
     prompt = search_prompt("animation comedy 1990s")
