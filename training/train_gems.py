@@ -3,21 +3,27 @@
     python -m training.train_gems --out artifacts/v1/gems            # all variants, the table, the plot
     python -m training.train_gems --variants gems --out ...          # one variant
 
-Data: MovieLens-100K (the foundation's data). Recommendation examples: a user's last items (as semantic-ID
-tokens) -> the next item; search examples: the category query that leads to an item -> that item. Items are
-semantic IDs (residual k-means codes of their MiniLM embeddings, 2 levels x 32 + disambiguation) added to
-the vocabulary (models.gems.item_ids). The held-out test split is the foundation's (last item per user,
-its query for search); `--eval-users` of them are scored.
+Data: MovieLens-100K (the foundation's data). Items are atomic IDs (one token per item, collision-free;
+`--ids semantic` for 2 x 32 residual k-means codes + disambiguation) whose embeddings are the item's collaborative
+(trained SASRec) + content (MiniLM) features through a fixed orthonormal map (`--item-init titles`: the mean title
+embedding, near-identical tokens). Recommendation learns the next item at every position of each user's training
+sequence, in windows of `history` items, one causal pass each (as SASRec); search learns `search_examples` sampled
+(user history, query, item) cases of the training period with personalised prompts (the user's last items + the
+query). The held-out test split is the foundation's (each user's last item, and for search its query); every user
+(943) is scored unless `--eval-users`.
 
 Only the top `top_layers` blocks are adapted, so the frozen lower blocks' outputs are computed once per
 sequence and cached (bf16); every training step runs the adapted blocks only. That is what makes five
 variants trainable on a CPU.
 
-Variants (the comparison table, rows b-e; row a is the non-LLM baselines on the same test examples):
-  joint        one LoRA trained on both tasks (summed loss)
-  single       a separate LoRA per task
-  gems-nonull  GEMS (shared + task subspaces, gradient split) without the null-space projection
-  gems         GEMS with the null-space projection (the served checkpoint)
+Variants (the comparison table; row (a) is the non-LLM baselines on the same test examples, incl. the category
+lookup and BM25 re-ranked by SASRec for personalised search):
+  joint        (b) one LoRA trained on both tasks (summed loss)
+  single       (c) a separate LoRA per task
+  gems-nonull  (d) GEMS (projected-gradient shared + task subspaces) without the null-space projection
+  gems         (e) GEMS with the null-space projection (the served checkpoint)
+  gems-lora    (f) the first GEMS: LoRA factors per subspace, conflicting shared gradients re-routed, null space
+Every variant seeds its own start, so `--variants` run apart (`--no-baselines`) give the same rows.
 General-domain perplexity (held-out StrategyQA evidence sentences, not the fine-tuning data) before/after;
 the null-space directions come from a disjoint half of that corpus. Outputs: <out>/ (served checkpoint:
 adapters + item head + item IDs + peft exports), results/gems-table.{md,json}, results/gems-grad-cosine.png.
