@@ -8,7 +8,7 @@ ART     ?= artifacts/v1
 EPOCHS   = $(if $(1),--epochs $(1))
 
 .PHONY: install data lm artifacts agent gems ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
-        loadtest lint clean
+        loadtest lint clean serve-ray
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -88,6 +88,13 @@ serve: data lm
 	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json
 	UNISR_ARTIFACTS_DIR=$(ART) UNISR_RUN_JOBS=true $(BIN)/python -m service
 
+# the gateway on Ray Serve: a local Ray head, replicas and autoscaling bounds from deploy/ray/serve.yaml (Redis
+# shared); multi-node: `ray start --head` here, `ray start --address <head>:6379` elsewhere, `serve deploy ...`
+serve-ray: data lm
+	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json
+	bash deploy/ensure-redis.sh
+	UNISR_ARTIFACTS_DIR=$(abspath $(ART)) UNISR_DATA_DIR=$(abspath data) $(BIN)/serve run deploy/ray/serve.yaml
+
 test: artifacts
 	bash deploy/ensure-redis.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests; rc=$$?; \
@@ -106,7 +113,14 @@ eval-agent: agent
 bench-docid: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m loadtest.bench_docid --artifacts $(ART)
 
-loadtest: artifacts
+load# the gateway on Ray Serve: a local Ray head, replicas and autoscaling bounds from deploy/ray/serve.yaml (Redis
+# shared); multi-node: `ray start --head` here, `ray start --address <head>:6379` elsewhere, `serve deploy ...`
+serve-ray: data lm
+	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json
+	bash deploy/ensure-redis.sh
+	UNISR_ARTIFACTS_DIR=$(abspath $(ART)) UNISR_DATA_DIR=$(abspath data) $(BIN)/serve run deploy/ray/serve.yaml
+
+test: artifacts
 	$(BIN)/python -m loadtest.run --start-server --users 20 --spawn-rate 10 --run-time 30s
 
 lint: install

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from contextlib import asynccontextmanager
 
@@ -101,10 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("unhandled", path=request.url.path, error=repr(exc))
         return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
+    instance = f"{socket.gethostname()}:{os.getpid()}"  # which replica answered (Ray Serve runs several)
+
     @app.middleware("http")
     async def access_log(request: Request, call_next):
         t0 = time.perf_counter()
         response = await call_next(request)
+        response.headers["X-Unisr-Instance"] = instance
         log.info("request", method=request.method, path=request.url.path, status=response.status_code,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
         return response

@@ -1,0 +1,82 @@
+"""The gateway on Ray Serve (service/serve_app.py): a local Ray head, two replicas of the real app behind Ray's
+HTTP proxy, Redis for what replicas share. Each user's history is the same whichever replica answers, and a
+replica killed between requests costs no failed request (Serve routes to the other and replaces it)."""
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import httpx
+import pytest
+import redis
+
+ray = pytest.importorskip("ray", reason="Ray Serve is in the dev extra: pip install -e '.[dev]'")
+serve = pytest.importorskip("ray.serve")
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(settings):
+    from service.serve_app import app_builder
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        fields = {"artifacts_dir": settings.artifacts_dir, "data_dir": settings.data_dir, "warmup": False,
+                  "agent": False, "redis_url": REDIS_URL, "events_stream": "unisr:events-ray", "_env_file": None}
+        serve.run(app_builder({"settings": fields, "num_replicas": 2}), name="unisr", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _instances(base: str, n: int, params: dict) -> dict[str, set]:
+    seen: dict[str, set] = {}
+    for _ in range(n):
+        r = httpx.get(f"{base}/recommend", params=params, timeout=30)
+        assert r.status_code == 200, r.text
+        seen.setdefault(r.headers["x-unisr-instance"], set()).add(tuple(x["id"] for x in r.json()["results"]))
+    return seen
+
+
+def test_two_replicas_answer_a_user_from_one_history(gateway):
+    user = f"ray-{uuid.uuid4().hex[:8]}"
+    for n, item in enumerate(("50", "181", "100")):
+        r = httpx.post(f"{gateway}/events", json={"user_id": user, "item_id": item, "event_type": "click",
+                                                   "idempotency_key": f"{user}-{n}"}, timeout=30)
+        assert r.status_code == 201, r.text
+    params = {"user_id": user, "k": 10, "backend": "sasrec", "latency_budget_ms": 5000}
+    seen = _instances(gateway, 30, params)
+    assert len(seen) == 2, seen  # both replicas answered
+    answers = set().union(*seen.values())
+    assert len(answers) == 1, answers  # the same history whichever replica: one answer
+    assert not {"50", "181", "100"} & set(answers.pop())  # the events are the history (seen items are skipped)
+
+
+def test_a_killed_replica_costs_no_failed_request(gateway):
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "SERVE_REPLICA" in a["name"] and "gateway" in a["name"]]
+    assert len(replicas) == 2
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    params = {"user_id": "1", "k": 5, "backend": "sasrec", "latency_budget_ms": 5000}
+    statuses, t_end, killed = [], time.time() + 20, False
+    while time.time() < t_end:
+        if not killed and len(statuses) >= 5:
+            ray.kill(victim, no_restart=True)
+            killed = True
+        statuses.append(httpx.get(f"{gateway}/recommend", params=params, timeout=30).status_code)
+    assert killed and len(statuses) > 10
+    assert statuses.count(200) == len(statuses), statuses
