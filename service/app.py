@@ -103,13 +103,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("unhandled", path=request.url.path, error=repr(exc))
         return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
-    instance = f"{socket.gethostname()}:{os.getpid()}"  # which replica answered (Ray Serve runs several)
+    host = socket.gethostname()
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):
         t0 = time.perf_counter()
         response = await call_next(request)
-        response.headers["X-Unisr-Instance"] = instance
+        # which process answered (Ray Serve runs replicas of this app, built once and copied: read the pid now)
+        response.headers["X-Unisr-Instance"] = f"{host}:{os.getpid()}"
         log.info("request", method=request.method, path=request.url.path, status=response.status_code,
                  ms=round((time.perf_counter() - t0) * 1000, 2))
         return response

@@ -3,9 +3,11 @@ HTTP proxy, Redis for what replicas share. Each user's history is the same which
 replica killed between requests costs no failed request (Serve routes to the other and replaces it)."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -29,6 +31,9 @@ def gateway(settings):
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     port = _free_port()
+    # a busy 2-core machine: Serve's proxy readiness check (5 s by default) would restart the proxy forever
+    for key in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(key, "60")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
@@ -42,12 +47,18 @@ def gateway(settings):
         ray.shutdown()
 
 
-def _instances(base: str, n: int, params: dict) -> dict[str, set]:
-    seen: dict[str, set] = {}
-    for _ in range(n):
-        r = httpx.get(f"{base}/recommend", params=params, timeout=30)
+def _instances(base: str, n: int, params: dict, concurrency: int = 8) -> dict[str, set]:
+    """Which process answered n requests sent `concurrency` at a time (with nothing queued Serve's router keeps
+    choosing the same replica; concurrent requests spread by queue length), and what each answered."""
+    def one(_):
+        r = httpx.get(f"{base}/recommend", params=params, timeout=60)
         assert r.status_code == 200, r.text
-        seen.setdefault(r.headers["x-unisr-instance"], set()).add(tuple(x["id"] for x in r.json()["results"]))
+        return r.headers["x-unisr-instance"], tuple(x["id"] for x in r.json()["results"])
+
+    seen: dict[str, set] = {}
+    with ThreadPoolExecutor(concurrency) as pool:
+        for instance, answer in pool.map(one, range(n)):
+            seen.setdefault(instance, set()).add(answer)
     return seen
 
 
@@ -58,7 +69,7 @@ def test_two_replicas_answer_a_user_from_one_history(gateway):
                                                    "idempotency_key": f"{user}-{n}"}, timeout=30)
         assert r.status_code == 201, r.text
     params = {"user_id": user, "k": 10, "backend": "sasrec", "latency_budget_ms": 5000}
-    seen = _instances(gateway, 30, params)
+    seen = _instances(gateway, 48, params)
     assert len(seen) == 2, seen  # both replicas answered
     answers = set().union(*seen.values())
     assert len(answers) == 1, answers  # the same history whichever replica: one answer
