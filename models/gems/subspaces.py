@@ -139,10 +139,11 @@ class GradSubspaceLinear(nn.Module):
         return sum((self.D[s].float() for s in names), torch.zeros_like(self.base.weight, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        for s in self.active():
-            y = y + x @ self.D[s].to(x.dtype).T
-        return y
+        active = self.active()
+        if not active:
+            return self.base(x)
+        # one matmul with the summed update: its gradient is computed once and reaches every active D
+        return self.base(x) + x @ sum(self.D[s] for s in active).to(x.dtype).T
 
     @torch.no_grad()
     def set_protected(self, U: torch.Tensor | None) -> None:
@@ -296,9 +297,13 @@ def task_gradients(model, cfg: GEMSConfig) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------ the paper's form: projected-gradient subspaces
 def top_left_vectors(m: torch.Tensor, r: int) -> torch.Tensor:
-    """The top-r left singular vectors of m (rows x r, orthonormal columns)."""
-    u, _, _ = torch.linalg.svd(m.float(), full_matrices=False)
-    return u[:, :min(r, u.shape[1])]
+    """The top-r left singular vectors of m (rows x r, orthonormal columns): randomized SVD (torch.svd_lowrank,
+    a few oversampled power iterations), since only r of up to 1,536 directions are needed at every refresh."""
+    r = min(r, *m.shape)
+    with torch.random.fork_rng():  # its random test matrix neither reads nor moves the training's RNG
+        torch.manual_seed(0)
+        u, _, _ = torch.svd_lowrank(m.float(), q=min(r + 8, *m.shape), niter=4)
+    return u[:, :r]
 
 
 def low_rank_factors(d: torch.Tensor, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,9 +376,10 @@ class GradientSubspaceOptimizer:
                 st["v"] = st.get("v", torch.zeros_like(low)) * b2 + (1 - b2) * low * low
                 st["k"] = st.get("k", 0) + 1
                 mhat, vhat = st["m"] / (1 - b1 ** st["k"]), st["v"] / (1 - b2 ** st["k"])
-                update = st["P"] @ (mhat / (vhat.sqrt() + self.eps))
-                if m.projector is not None:
-                    update = update @ m.projector
+                step = mhat / (vhat.sqrt() + self.eps)  # r x d_in
+                if m.projector is not None:  # (P s)(I - U U^T) = P (s (I - U U^T)): projected in the small space
+                    step = step @ m.projector
+                update = st["P"] @ step
                 m.D[sub].sub_(lr * update.to(m.D[sub].dtype))
 
     def state_dict(self) -> dict:
