@@ -474,8 +474,10 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
               flush=True)
         if name == "gems":
             save_checkpoint(out, model, gcfg, head, tok, vocab, base, lm, cfg)
-    report["seconds"] = time.time() - t0
-    write_report(report, results)
+        report["seconds"] = time.time() - t0
+        write_report(report, results)  # after every variant: an interrupted run keeps the rows it finished
+    if not variants:
+        write_report(report, results)
     return report
 
 
