@@ -302,6 +302,16 @@ def test_served_gems_returns_real_items_and_degrades(tiny_gems_artifacts, settin
         history = set(client.app.state.catalog.history("1"))
         assert body["backend"] == "gems" and len(body["results"]) == 5
         assert all(x["id"] in items and x["id"] not in history for x in body["results"])
+        # personalised search: a user's last items go into the prompt; without a user the prompt says so
+        from models.backend import Request
+
+        backend = client.app.state.engine.backends["search"]["gems"]
+        known = backend.prompt(Request("search", query="comedy", history=["1", "2"]))
+        assert known.startswith("History:<item_0_") and known.endswith("\nSearch: comedy\nItem:")
+        assert backend.prompt(Request("search", query="comedy")).startswith("History:(none)\n")
+        r = client.get("/search", params={"q": "comedy 1990s", "user_id": "1", "backend": "gems", "k": 5,
+                                          "latency_budget_ms": 30_000})
+        assert r.status_code == 200 and r.json()["backend"] == "gems" and len(r.json()["results"]) == 5
         tight = client.get("/search", params={"q": "comedy", "backend": "gems", "latency_budget_ms": 0.5}).json()
         assert tight["degraded"] and tight["backend"] != "gems" and "gems" in tight["degraded_reason"]
 
