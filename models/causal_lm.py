@@ -52,8 +52,10 @@ def load_causal_lm(path: str | Path | None = None, device: str = "cpu", dtype=No
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, texts: list[str], max_len: int = 256, batch_size: int = 8) -> float:
-    """Token-weighted perplexity of texts (each truncated to max_len tokens); loss computed in float32."""
+def perplexity(model, tokenizer, texts: list[str], max_len: int = 256, batch_size: int = 8,
+               vocab: int | None = None) -> float:
+    """Token-weighted perplexity of texts (each truncated to max_len tokens); loss computed in float32. With
+    `vocab`, over the first `vocab` tokens only (the text vocabulary of a model that has added other tokens)."""
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     side = tokenizer.padding_side
@@ -62,7 +64,7 @@ def perplexity(model, tokenizer, texts: list[str], max_len: int = 256, batch_siz
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
                             max_length=max_len).to(device)
-            logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1].float()
+            logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits[:, :-1, :vocab].float()
             targets = enc.input_ids[:, 1:]
             mask = enc.attention_mask[:, 1:].bool()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")

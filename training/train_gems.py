@@ -317,11 +317,13 @@ def evaluate_baselines(artifacts: Path, test: dict[str, list], data) -> dict[str
     return rows
 
 
-def general_ppl(model, tok, texts: list[str]) -> dict[str, float]:
+def general_ppl(model, tok, texts: list[str], vocab: ItemVocab) -> dict[str, float]:
+    """General-domain perplexity with each task's adapter, over the text vocabulary: the item tokens (whose rows the
+    tied input/output embedding shares) are not part of general-domain text."""
     out = {}
     for task in TASKS:
         gems.set_task(model, task)
-        out[task] = perplexity(model, tok, texts, max_len=64, batch_size=16)
+        out[task] = perplexity(model, tok, texts, max_len=64, batch_size=16, vocab=vocab.first_token)
     gems.set_task(model, None)
     return out
 
@@ -454,7 +456,7 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
     if baselines:
         report["rows"].update({f"(a) {k}": v for k, v in evaluate_baselines(artifacts, test, data).items()})
     gems.attach(probe := copy.deepcopy(base), gems.GEMSConfig(variant="joint"))
-    report["general_ppl_base"] = general_ppl(probe, tok, ppl_texts)["search"]
+    report["general_ppl_base"] = general_ppl(probe, tok, ppl_texts, vocab)["search"]
     del probe
     labels = LABELS
     for name in variants:
@@ -462,7 +464,7 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
         model, gcfg, head, hist, ranks = train_variant(name, base, tok, vocab, head0, enc, cfg, null_texts, gcfg_over,
                                                        valid, out / "variants" / name)
         metrics = evaluate_llm(model, tok, vocab, head, test, cfg.beam)
-        metrics["general_ppl"] = general_ppl(model, tok, ppl_texts)
+        metrics["general_ppl"] = general_ppl(model, tok, ppl_texts, vocab)
         metrics["train_s"] = time.time() - t1
         metrics["final_loss"] = {t: float(np.mean(hist["loss"][t][-10:])) for t in TASKS}
         metrics["valid_hr10_per_epoch"] = hist["valid_hr10"]
