@@ -52,8 +52,9 @@ def test_gems_cli_defaults_are_the_dataclasses(monkeypatch):
 
     seen = _captured(monkeypatch, m, "run", ["--rank", "4"])
     cfg, adapters = seen["args"][4], seen["args"][7]
-    assert cfg == m.TrainConfig() and cfg.epochs == 3
-    assert adapters == {"top_layers": GEMSConfig.top_layers, "rank": 4, "null_energy": GEMSConfig.null_energy}
+    assert cfg == m.TrainConfig() and cfg.epochs == 8
+    assert adapters == {"top_layers": GEMSConfig.top_layers, "rank": 4, "null_energy": GEMSConfig.null_energy,
+                        "refresh": GEMSConfig.refresh}
     assert (GEMSConfig.top_layers, GEMSConfig.rank, GEMSConfig.null_energy) == (4, 8, 0.9)
     assert seen["threads"] >= 1
 
