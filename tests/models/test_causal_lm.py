@@ -70,6 +70,10 @@ def test_perplexity_english_far_below_shuffled(lm):
     assert ppl < 0.5 * ppl_shuffled, (ppl, ppl_shuffled)
     # batching and padding must not change the token-weighted result
     assert perplexity(model, tokenizer, ENGLISH, batch_size=4) == pytest.approx(ppl, rel=0.03)
+    # over a vocabulary prefix: the whole vocabulary is the plain figure; dropping tokens renormalises the rest
+    n = model.get_output_embeddings().weight.shape[0]
+    assert perplexity(model, tokenizer, ENGLISH, batch_size=2, vocab=n) == pytest.approx(ppl, rel=1e-6)
+    assert perplexity(model, tokenizer, ENGLISH, batch_size=2, vocab=n - 5000) < ppl
 
 
 def test_load_from_explicit_local_path(lm_dir, lm):
