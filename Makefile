@@ -113,14 +113,7 @@ eval-agent: agent
 bench-docid: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m loadtest.bench_docid --artifacts $(ART)
 
-load# the gateway on Ray Serve: a local Ray head, replicas and autoscaling bounds from deploy/ray/serve.yaml (Redis
-# shared); multi-node: `ray start --head` here, `ray start --address <head>:6379` elsewhere, `serve deploy ...`
-serve-ray: data lm
-	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json
-	bash deploy/ensure-redis.sh
-	UNISR_ARTIFACTS_DIR=$(abspath $(ART)) UNISR_DATA_DIR=$(abspath data) $(BIN)/serve run deploy/ray/serve.yaml
-
-test: artifacts
+loadtest: artifacts
 	$(BIN)/python -m loadtest.run --start-server --users 20 --spawn-rate 10 --run-time 30s
 
 lint: install

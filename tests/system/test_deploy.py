@@ -261,3 +261,15 @@ def test_makefile_passes_epochs_only_when_set(tmp_path):
     assert "training.train_sasrec" in plain and "training.train_diffugr" in plain and "--epochs" not in plain
     given = dry("SASREC_EPOCHS=7", "DOCID_EPOCHS=3")
     assert "--epochs 7" in given and "--epochs 3" in given
+
+
+def test_makefile_targets_run_what_they_name():
+    """`make test` runs pytest and `make loadtest` the load test, each from one recipe (a duplicated target makes
+    make warn and run the last recipe: CI once ran the load test as its test step)."""
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    for target, expected in (("test", "-m pytest"), ("loadtest", "-m loadtest.run"), ("serve-ray", "serve run")):
+        r = subprocess.run(["make", "-n", "-W", "pyproject.toml", "-o", "artifacts", "-o", "data", "-o", "lm",
+                            target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert "overriding recipe" not in r.stderr and "ignoring old recipe" not in r.stderr, r.stderr
+        assert expected in r.stdout, (target, r.stdout)
