@@ -201,7 +201,7 @@ def test_gems_backend_gives_up_between_beam_levels():
     model, tok, items, head = tiny_lm(4, 3, 5, 40)
     shared = object.__new__(GEMSModel)
     shared.model, shared.tok, shared.vocab, shared.item_head = model, tok, items, head
-    shared.lock, shared.engine, shared.history = threading.Lock(), None, 10
+    shared.lock, shared.engine, shared.history, shared.search_history = threading.Lock(), None, 10, 10
     shared.cfg = types.SimpleNamespace(variant="gems", null_space=True)
     backend = GEMSBackend(shared, "search")
     assert backend.interruptible
