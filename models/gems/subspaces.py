@@ -458,7 +458,7 @@ def load_adapters(model, directory: Path) -> tuple[GEMSConfig, dict[str, torch.T
 def peft_state(model, cfg: GEMSConfig, task: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Task `task`'s adapter as one peft LoRA (scaling 1, ours folded into A). LoRA form: A = [A_shared; A_task],
     B = [B_shared, B_task]; grad form: the exact low-rank factors of D_shared + D_task (SVD at numerical rank)."""
-    state, rank = {}, None
+    state = {}
     factors = {}
     for n, m in modules(model).items():
         if isinstance(m, GradSubspaceLinear):  # the dense update, factored exactly (it is low rank by construction)
