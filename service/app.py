@@ -5,6 +5,7 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import structlog
@@ -20,7 +21,7 @@ from service.agentic import load_agent
 from service.engine import Engine
 from service.jobs import JobRunner
 from service.logs import configure_logging
-from service.middleware import BodyLimitMiddleware
+from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware
 from service.reload import attach, follow_versions
 from service.routers import admin, events, health, recommend, retrieve, search
 from service.schemas import ERRORS
@@ -32,18 +33,19 @@ from service.stores.events import EventStore
 log = structlog.get_logger("unisr.app")
 
 
-def load_state(app: FastAPI, settings: Settings) -> None:
+def load_state(app: FastAPI, settings: Settings, remote=None) -> None:
     """Catalogue, engine and agent; with follow_versions, of the version <artifacts root>/CURRENT names (the newest
     one a job runner published), else of settings.artifacts_dir."""
     catalog = Catalog.load(settings.data_dir / "ml100k", settings.data_dir / "strategyqa-facts")
     if settings.follow_versions:
         settings = settings.model_copy(update={"artifacts_dir": served_version(settings.artifacts_dir)})
-    engine = attach(Engine.start(settings, catalog), app.state.settings)
+    engine = attach(Engine.start(settings, catalog, remote), app.state.settings)
     app.state.catalog, app.state.engine = catalog, engine
     app.state.agent = load_agent(settings, engine.backends["retrieve"].get("bm25"))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, remote: Callable[[], dict] | None = None) -> FastAPI:
+    """remote: called at start-up, (task, name) -> a backend another process serves (service.serve_app)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
 
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      settings.redis_timeout_s)
         app.state.events = EventStore(settings)
         await app.state.events.start()
-        await asyncio.to_thread(load_state, app, settings)
+        await asyncio.to_thread(load_state, app, settings, remote() if remote else None)
         log.info("ready", seconds=round(time.perf_counter() - t0, 2), cache=app.state.cache.kind,
                  events=app.state.events.kind, artifacts=str(app.state.engine.settings.artifacts_dir))
         runner = (JobRunner(settings.artifacts_dir, settings.data_dir, settings.jobs, settings.job_args,
@@ -115,4 +117,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  ms=round((time.perf_counter() - t0) * 1000, 2))
         return response
 
+    if settings.max_in_flight:  # outermost: a refusal costs no routing, validation, cache or logging
+        app.add_middleware(InFlightLimitMiddleware, limit=settings.max_in_flight, host=host)
     return app

@@ -37,6 +37,15 @@ class UnknownBackend(ValueError):
     pass
 
 
+class Overloaded(RuntimeError):
+    """Even the task's fallback cannot answer within the budget (it is busy): the router answers 503 with
+    Retry-After at once, so a load balancer can retry elsewhere."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass
 class Outcome:
     answer: Answer
@@ -48,9 +57,12 @@ class Outcome:
 
 class Engine:
     def __init__(self, settings: Settings, backends: dict[str, dict[str, Backend]],
-                 collab: CollabInfo | None = None):
+                 collab: CollabInfo | None = None, remote: dict[tuple[str, str], Backend] | None = None):
         self.settings = settings
         self.backends = backends  # task -> name -> backend
+        # (task, name) -> a backend served by another process (service.serve_app: a Ray Serve deployment that
+        # batches on its own); a reload keeps them
+        self.remote = dict(remote or {})
         self.collab = collab  # co-occurrence counts behind /recommend?explain=true (None: not built)
         # backend name -> why it is not loaded yet, or None (service/reload.py attaches the job runner's progress)
         self.pending: Callable[[str], str | None] = lambda backend: None
@@ -58,13 +70,17 @@ class Engine:
         self.batchers: dict[tuple[str, str], Batcher] = {
             (task, name): Batcher(task, backend, settings.batch_max_size, settings.batch_max_wait_ms)
             for task, by_name in backends.items() for name, backend in by_name.items()
-            if name in settings.batch_backends}
+            if name in settings.batch_backends and (task, name) not in self.remote}
 
     @classmethod
-    def load(cls, settings: Settings) -> Engine:
+    def load(cls, settings: Settings, remote: dict[tuple[str, str], Backend] | None = None) -> Engine:
+        remote = remote or {}
         backends: dict[str, dict[str, Backend]] = {t: {} for t in TASKS}
         for task in TASKS:
             for name in backends_for(task):
+                if (task, name) in remote:
+                    backends[task][name] = remote[(task, name)]
+                    continue
                 try:
                     backends[task][name] = load_backend(settings.artifacts_dir, task, name,
                                                           **settings.backend_options.get(name, {}))
@@ -76,12 +92,14 @@ class Engine:
         collab = CollabInfo.load(collab_dir) if (collab_dir / "meta.json").exists() else None
         if collab is None:
             log.warning("collab_info_missing", path=str(collab_dir), effect="/recommend?explain=true answers 503")
-        return cls(settings, backends, collab)
+        return cls(settings, backends, collab, remote)
 
     @classmethod
-    def start(cls, settings: Settings, catalog: Catalog) -> Engine:
-        """Load every backend and, unless settings.warmup is off, measure each one's cost (start-up and reload)."""
-        engine = cls.load(settings)
+    def start(cls, settings: Settings, catalog: Catalog,
+              remote: dict[tuple[str, str], Backend] | None = None) -> Engine:
+        """Load every backend and, unless settings.warmup is off, measure each one's cost (start-up and reload).
+        remote: backends another process serves (their warm-up asks them for the cost they measured)."""
+        engine = cls.load(settings, remote)
         if settings.warmup:
             engine.warm_up(warmup_samples(catalog))
         return engine
@@ -113,7 +131,10 @@ class Engine:
             batcher.close()
 
     async def run(self, task: str, name: str, request: Request, deadline: float | None) -> Answer:
-        """One request on one backend: through its micro-batcher when it has one, else alone in a thread."""
+        """One request on one backend: through its micro-batcher when it has one, in another process when it is
+        remote, else alone in a thread."""
+        if (task, name) in self.remote:
+            return await self.remote[(task, name)].answer_async(request, deadline)
         batcher = self.batchers.get((task, name))
         if batcher is not None and deadline is not None:
             return await batcher.submit(request, deadline)
@@ -176,7 +197,18 @@ class Engine:
                 name = fallback
             finally:
                 self.active[running] -= 1
-        answer = await self.run(task, name, request, None)
+        if ahead := self.active[(task, name)]:
+            # even the fallback is queued: when its wait cannot fit the budget, refuse at once (503, Retry-After)
+            wait = self.backends[task][name].estimate_ms(request) * (1 + ahead)
+            if wait > budget_ms:
+                metrics.REFUSED.labels(task, "fallback_busy").inc()
+                raise Overloaded(f"overloaded: {name} (the fallback) has {ahead} requests ahead, ~{wait:.0f} ms "
+                                 f"expected, over the {budget_ms:g} ms budget; retry later")
+        self.active[(task, name)] += 1
+        try:
+            answer = await self.run(task, name, request, None)
+        finally:
+            self.active[(task, name)] -= 1
         metrics.BUDGET.labels(task, "hit" if time.monotonic() <= deadline else "miss").inc()
         if degraded:
             metrics.FALLBACKS.labels(task, requested, name).inc()

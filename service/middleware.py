@@ -7,10 +7,14 @@ this one.
 """
 from __future__ import annotations
 
+import os
+
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
 
 
 def too_large(max_bytes: int) -> str:
@@ -40,3 +44,31 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counted, send)
+
+
+class InFlightLimitMiddleware:
+    """A global limit on the ranked requests (/search, /recommend, /retrieve) a process works on at once: one over
+    `limit` is answered 429 with Retry-After at once, before routing, validation or the cache (a pure ASGI check
+    of a counter, so a refusal costs microseconds of the event loop). Health, metrics, events and admin requests
+    are not counted. The refusal names the process (X-Unisr-Instance) like every other response."""
+
+    PATHS = ("/search", "/recommend", "/retrieve")
+
+    def __init__(self, app: ASGIApp, limit: int, host: str, retry_after_s: int = 1):
+        self.app, self.limit, self.host, self.retry_after_s = app, limit, host, retry_after_s
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            metrics.REFUSED.labels(scope["path"].lstrip("/"), "in_flight_limit").inc()
+            body = {"detail": f"too many requests in flight: the limit is {self.limit} (UNISR_MAX_IN_FLIGHT); "
+                              f"retry after {self.retry_after_s} s"}
+            headers = {"Retry-After": str(self.retry_after_s), "X-Unisr-Instance": f"{self.host}:{os.getpid()}"}
+            return await JSONResponse(body, status_code=429, headers=headers)(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -7,7 +7,7 @@ from fastapi import HTTPException
 
 from models.backend import Request
 from service import metrics
-from service.engine import Engine, UnknownBackend
+from service.engine import Engine, Overloaded, UnknownBackend
 from service.schemas import RankedResponse, ResultItem
 from service.settings import Settings
 from service.stores.cache import cache_key
@@ -47,6 +47,8 @@ async def ranked(endpoint: str, request: Request, backend: str | None, budget_ms
         outcome = await engine.answer(request, backend, budget)
     except UnknownBackend as e:
         raise HTTPException(400, str(e)) from None
+    except Overloaded as e:  # even the fallback cannot fit: refuse now, so the client can retry elsewhere
+        raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
     entries = catalog.entries(request.task)
     results = [ResultItem(id=h.id, title=entries[h.id].title if h.id in entries else h.id,
                           snippet=entries[h.id].snippet if h.id in entries else "", score=h.score)

@@ -60,7 +60,7 @@ async def swap(state, directory: Path, rollback: bool = False) -> ReloadResult:
         t0 = time.perf_counter()
         settings = old.settings.model_copy(update={"artifacts_dir": directory})
         try:
-            engine = await asyncio.to_thread(Engine.start, settings, state.catalog)
+            engine = await asyncio.to_thread(Engine.start, settings, state.catalog, old.remote)
             agent = await asyncio.to_thread(load_agent, settings, engine.backends["retrieve"].get("bm25"))
         except Exception as e:  # noqa: BLE001 - the serving engine stays; the caller gets the reason
             metrics.RELOADS.labels("failed").inc()

@@ -48,6 +48,9 @@ class Settings(RuntimeSettings):
     version_poll_s: float = Field(2.0, gt=0)
     # limits; max_concurrency: connections + tasks uvicorn admits before it answers 503 at once (python -m service)
     max_concurrency: int | None = Field(None, ge=1)
+    # ranked requests (/search, /recommend, /retrieve) one process works on at once; beyond it 429 + Retry-After at
+    # once (service.middleware.InFlightLimitMiddleware); None: no limit
+    max_in_flight: int | None = Field(None, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1)
     cors_origins: list[str] = []  # empty: no CORS headers at all
     # dynamic micro-batching in front of model backends (an empty list turns it off)

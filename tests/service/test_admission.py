@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+
 from models.backend import Request
-from service.engine import Engine
+from service.app import create_app
+from service.engine import Engine, Overloaded
 from service.stores.catalog import Catalog
 from tests.conftest import ROOT
 
@@ -30,3 +33,55 @@ def test_a_busy_backend_degrades_at_once_when_its_queue_cannot_fit_the_budget(se
     assert all(o.degraded and o.answer.backend == "bm25" and o.reason.startswith("dense is busy: ")
                for o in outcomes[3:]), reasons
     assert sum(engine.active.values()) == 0  # every counted request was let go
+
+
+def test_a_busy_fallback_is_a_fast_503_with_retry_after(settings):
+    """When even the task's fallback is queued past the budget, the engine refuses at once (Overloaded -> 503 with
+    Retry-After) instead of answering late; an idle fallback always answers, however small the budget."""
+    s = settings.model_copy(update={"warmup": True})
+    catalog = Catalog.load(ROOT / "data" / "ml100k", ROOT / "data" / "strategyqa-facts")
+    engine = Engine.start(s, catalog)
+    try:
+        fallback = engine.cheapest("retrieve")
+        cost = engine.backends["retrieve"][fallback].estimate_ms(Request("retrieve", query="x", k=10))
+        budget = 2.5 * cost  # two waits fit (1 and 2 costs); the third and later requests are refused
+
+        async def burst():
+            reqs = [Request("retrieve", query=f"is question {n} answerable", k=10) for n in range(6)]
+            return await asyncio.gather(*(engine.answer(r, fallback, budget) for r in reqs), return_exceptions=True)
+
+        outcomes = asyncio.run(burst())
+        idle = asyncio.run(engine.answer(Request("retrieve", query="pear density", k=10), fallback, 0.001))
+    finally:
+        engine.close()
+    assert all(not isinstance(o, Exception) for o in outcomes[:2]), outcomes
+    refused = outcomes[2:]
+    assert all(isinstance(o, Overloaded) and "retry later" in str(o) and o.retry_after_s >= 1 for o in refused)
+    assert idle.answer.backend == fallback and idle.answer.hits  # nothing queued: the floor of service answers
+    assert sum(engine.active.values()) == 0
+
+
+def test_over_the_in_flight_limit_is_a_429_before_routing(settings):
+    """UNISR_MAX_IN_FLIGHT: ranked requests beyond the limit get 429 + Retry-After at once; health is not
+    counted. 12 concurrent requests against a limit of 2 (the engine answers in worker threads, so they overlap)."""
+    s = settings.model_copy(update={"max_in_flight": 2, "warmup": False})
+
+    async def go():
+        app = create_app(s)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                params = [{"q": f"is question {n} answerable", "backend": "dense", "latency_budget_ms": 5000}
+                          for n in range(12)]
+                answers = await asyncio.gather(*(client.get("/retrieve", params=p) for p in params))
+                health = await client.get("/healthz")
+                after = await client.get("/retrieve", params={"q": "pear density", "backend": "dense"})
+        return answers, health, after
+
+    answers, health, after = asyncio.run(go())
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 429} and codes.count(200) >= 2, codes
+    refusal = next(r for r in answers if r.status_code == 429)
+    assert refusal.headers["retry-after"] == "1" and "UNISR_MAX_IN_FLIGHT" in refusal.json()["detail"]
+    assert refusal.headers["x-unisr-instance"]
+    assert health.status_code == 200 and after.status_code == 200  # the slots were let go
