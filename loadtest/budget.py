@@ -80,16 +80,24 @@ def start_gateway(port: int, artifacts: Path | None, log: Path, env_extra: dict)
     raise RuntimeError("gateway not ready in 300 s")
 
 
-async def ask(http: aiohttp.ClientSession, path: str, i: int, records: list[tuple[int, float]]) -> None:
-    """One request with the i-th question; (status, client ms) appended to records (-1: no HTTP answer)."""
+Record = tuple  # (status, client ms, server took_ms or None, answering backend + "*" when degraded, or None)
+
+
+async def ask(http: aiohttp.ClientSession, path: str, i: int, records: list[Record]) -> None:
+    """One request with the i-th question; a Record appended to records (status -1: no HTTP answer)."""
     t0 = time.perf_counter()
+    took, backend = None, None
     try:
         async with http.get(path.format(q=quote_plus(QUERIES[i % len(QUERIES)]))) as r:
-            await r.read()
+            body = await r.read()
             status = r.status
     except (aiohttp.ClientError, asyncio.TimeoutError):
         status = -1
-    records.append((status, (time.perf_counter() - t0) * 1000))
+    ms = (time.perf_counter() - t0) * 1000
+    if status == 200:
+        answer = json.loads(body)
+        took, backend = answer["took_ms"], answer["backend"] + ("*" if answer["degraded"] else "")
+    records.append((status, ms, took, backend))
 
 
 def session(url: str, connections: int) -> aiohttp.ClientSession:
@@ -108,7 +116,7 @@ def run(coro):
 
 
 async def closed_loop(url: str, path: str, clients: int, seconds: float, pid: int) -> dict:
-    records: list[tuple[int, float]] = []  # (status, ms)
+    records: list[Record] = []
     peak = [threads_of(pid)]
     stop = time.monotonic() + seconds
 
@@ -130,7 +138,7 @@ async def closed_loop(url: str, path: str, clients: int, seconds: float, pid: in
 
 async def open_loop(url: str, path: str, rate: float, seconds: float, pid: int) -> dict:
     """Requests sent at a fixed rate whatever the answers' pace (offered load), each on its own task."""
-    records: list[tuple[int, float]] = []
+    records: list[Record] = []
     peak = [threads_of(pid)]
     async with session(url, 2000) as http:
         tasks, start, i = [], time.monotonic(), 0
@@ -146,19 +154,25 @@ async def open_loop(url: str, path: str, rate: float, seconds: float, pid: int) 
     return summarise(f"open loop {rate:.0f}/s", records, seconds, max(peak))
 
 
-def summarise(label: str, records: list[tuple[int, float]], seconds: float, threads: int,
+def summarise(label: str, records: list[Record], seconds: float, threads: int,
               budget_ms: float = 200.0, slack_ms: float = 10.0) -> dict:
-    ok = np.array([ms for s, ms in records if s == 200])
-    refused = np.array([ms for s, ms in records if s in (429, 503)])
-    other = [s for s, _ in records if s not in (200, 429, 503)]
+    ok = np.array([ms for s, ms, *_ in records if s == 200])
+    server = np.array([took for s, _, took, _ in records if s == 200])
+    refused = np.array([ms for s, ms, *_ in records if s in (429, 503)])
+    other = [s for s, *_ in records if s not in (200, 429, 503)]
+    late: dict[str, int] = {}  # answers over budget (+ slack) by who answered ("*": degraded)
+    for s, ms, _, backend in records:
+        if s == 200 and ms > budget_ms + slack_ms:
+            late[backend] = late.get(backend, 0) + 1
     within = float(np.mean(ok <= budget_ms + slack_ms)) if len(ok) else 0.0
     pct = lambda a, q: round(float(np.percentile(a, q)), 1) if len(a) else None  # noqa: E731
     return {"load": label, "requests": len(records), "answers_per_s": round(len(ok) / seconds, 1),
             "within_budget": round(within, 4),
             "fast_or_within": round(float(np.mean([(s == 200 and ms <= budget_ms + slack_ms) or
-                                                   (s in (429, 503) and ms <= 50) for s, ms in records])), 4)
+                                                   (s in (429, 503) and ms <= 50) for s, ms, *_ in records])), 4)
             if records else 0.0,
-            "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "refused": len(refused), "refused_p99_ms": pct(refused, 99),
+            "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "server_p99_ms": pct(server, 99), "late_by": late,
+            "refused": len(refused), "refused_p99_ms": pct(refused, 99),
             "errors": len(other), "peak_threads": threads}
 
 
@@ -176,7 +190,8 @@ def recovery_s(url: str, path: str, budget_ms: float = 200.0, limit_s: float = 3
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = ["load", "requests", "answers_per_s", "within_budget", "fast_or_within", "p50_ms", "p99_ms", "refused",
+    cols = ["load", "requests", "answers_per_s", "within_budget", "fast_or_within", "p50_ms", "p99_ms", "server_p99_ms",
+            "refused",
             "refused_p99_ms", "errors", "peak_threads"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -7,7 +7,8 @@ Every ranked response must be HTTP 200 with the ranked-response JSON shape; an e
 (201, or 200 with "duplicate": true for a deliberately repeated key); anything else is a failure.
 Requests share one stats name per endpoint (the method tells GET and POST /recommend apart).
 Each ranked response also counts as inside its budget (took_ms <= latency_budget_ms and not degraded),
-degraded (a cheaper backend answered) or late (took_ms over the budget);
+degraded (a cheaper backend answered), late (took_ms over the budget) or refused (429 / 503 with Retry-After: the
+gateway's documented answer when it cannot take the request in time; not a failure);
 the counts are written to <csv prefix>_budget.json at the end (loadtest/run.py prints them).
 """
 from __future__ import annotations
@@ -86,7 +87,7 @@ def params(**kw) -> dict:
 
 
 _ENV: dict = {}
-BUDGET: dict[str, dict[str, int]] = defaultdict(lambda: {"inside": 0, "degraded": 0, "late": 0})
+BUDGET: dict[str, dict[str, int]] = defaultdict(lambda: {"inside": 0, "degraded": 0, "late": 0, "refused": 0})
 EVENT_TYPES = ["click", "view", "rate", "purchase"]
 
 
@@ -111,6 +112,13 @@ class GatewayUser(HttpUser):
     wait_time = between(0.05, 0.5)
 
     def _check(self, resp, k: int) -> None:
+        name = f"{resp.request.method} {resp.request.path_url.split('?')[0]}"
+        if resp.status_code in (429, 503) and resp.headers.get("Retry-After"):
+            # the gateway's documented refusal (over the in-flight limit, or even the fallback cannot fit the
+            # budget): not a failure, counted apart; a client would retry after Retry-After
+            resp.success()
+            BUDGET[name]["refused"] += 1
+            return
         if resp.status_code != 200:
             resp.failure(f"HTTP {resp.status_code}: {' '.join(resp.text[:300].split())[:160]}")
             return
@@ -124,7 +132,6 @@ class GatewayUser(HttpUser):
             resp.failure(err)
         else:
             resp.success()
-            name = f"{resp.request.method} {resp.request.path_url.split('?')[0]}"
             late = body["took_ms"] > body["latency_budget_ms"]
             BUDGET[name]["degraded" if body["degraded"] else "late" if late else "inside"] += 1
 

@@ -82,9 +82,13 @@ def one_run(label: str, replicas: int, kill: bool, a, fields: dict, ray, serve, 
         thread.join()
     agg = next((r for r in read_csv(Path(f"{prefix}_stats.csv")) if r.get("Name") == "Aggregated"), {})
     failures = read_csv(Path(f"{prefix}_failures.csv"))
+    budget_file = Path(f"{prefix}_budget.json")
+    counts = json.loads(budget_file.read_text()) if budget_file.exists() else {}
+    refused = sum(c.get("refused", 0) for c in counts.values())
     serve.delete("unisr")
     return {"run": label, "replicas": replicas, "killed": killed[0] if killed else None, "locust_exit": code,
             "requests": int(num(agg, "Request Count")), "failures": int(num(agg, "Failure Count")),
+            "refused": refused,
             "req_per_s": round(num(agg, "Requests/s"), 1), "p50_ms": num(agg, "50%"), "p99_ms": num(agg, "99%"),
             "failure_kinds": [f"{f.get('Method')} {f.get('Name')}: {f.get('Error', '')[:120]} x{f.get('Occurrences')}"
                               for f in failures]}
@@ -92,13 +96,13 @@ def one_run(label: str, replicas: int, kill: bool, a, fields: dict, ray, serve, 
 
 def print_table(rows: list[dict]) -> None:
     base = next((r["req_per_s"] for r in rows if r["replicas"] == 1 and not r["killed"]), None)
-    cols = ["run", "requests", "failures", "req_per_s", "x 1 replica", "p50_ms", "p99_ms"]
+    cols = ["run", "requests", "failures", "refused (429/503)", "req_per_s", "x 1 replica", "p50_ms", "p99_ms"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
         ratio = f"{r['req_per_s'] / base:.2f}" if base else ""
-        print("| " + " | ".join(str(v) for v in (r["run"], r["requests"], r["failures"], r["req_per_s"], ratio,
-                                                 r["p50_ms"], r["p99_ms"])) + " |")
+        values = (r["run"], r["requests"], r["failures"], r["refused"], r["req_per_s"], ratio, r["p50_ms"], r["p99_ms"])
+        print("| " + " | ".join(str(v) for v in values) + " |")
 
 
 def main(argv=None) -> list[dict]:

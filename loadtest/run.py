@@ -161,7 +161,7 @@ def summarise_budget(prefix: Path) -> None:
         return
     counts = json.loads(path.read_text())
     table = Table(title="latency budget (ranked responses)")
-    cols = ("inside", "degraded", "late")
+    cols = ("inside", "degraded", "late", "refused")
     for col in ("Endpoint", *cols, "share inside"):
         table.add_column(col, justify="left" if col == "Endpoint" else "right")
     totals = dict.fromkeys(cols, 0)

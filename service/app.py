@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from service.agentic import load_agent
 from service.engine import Engine
 from service.jobs import JobRunner
 from service.logs import configure_logging
-from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware
+from service.middleware import AccessLogMiddleware, BodyLimitMiddleware, InFlightLimitMiddleware
 from service.reload import attach, follow_versions
 from service.routers import admin, events, health, recommend, retrieve, search
 from service.schemas import ERRORS
@@ -107,15 +106,7 @@ def create_app(settings: Settings | None = None, remote: Callable[[], dict] | No
 
     host = socket.gethostname()
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        # which process answered (Ray Serve runs replicas of this app, built once and copied: read the pid now)
-        response.headers["X-Unisr-Instance"] = f"{host}:{os.getpid()}"
-        log.info("request", method=request.method, path=request.url.path, status=response.status_code,
-                 ms=round((time.perf_counter() - t0) * 1000, 2))
-        return response
+    app.add_middleware(AccessLogMiddleware, host=host, log=log)
 
     if settings.max_in_flight:  # outermost: a refusal costs no routing, validation, cache or logging
         app.add_middleware(InFlightLimitMiddleware, limit=settings.max_in_flight, host=host)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
@@ -67,6 +70,12 @@ class Engine:
         # backend name -> why it is not loaded yet, or None (service/reload.py attaches the job runner's progress)
         self.pending: Callable[[str], str | None] = lambda backend: None
         self.active: collections.Counter[tuple[str, str]] = collections.Counter()  # (task, backend) -> in flight
+        # (task, backend) -> moving average of (measured time / warm-up estimate) of its recent calls: under load the
+        # cores are shared, so a backend runs slower than its warm-up said; budgets are planned with it
+        self.slowdown: dict[tuple[str, str], float] = {}
+        # the fallbacks run on threads of their own: a request whose chosen backend missed is answered at once,
+        # never queued behind the heavy backends' calls in the default executor
+        self.fallback_pool = ThreadPoolExecutor(max_workers=settings.fallback_threads, thread_name_prefix="fallback")
         self.batchers: dict[tuple[str, str], Batcher] = {
             (task, name): Batcher(task, backend, settings.batch_max_size, settings.batch_max_wait_ms)
             for task, by_name in backends.items() for name, backend in by_name.items()
@@ -129,16 +138,38 @@ class Engine:
     def close(self) -> None:
         for batcher in self.batchers.values():
             batcher.close()
+        self.fallback_pool.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, task: str, name: str, request: Request, deadline: float | None) -> Answer:
         """One request on one backend: through its micro-batcher when it has one, in another process when it is
         remote, else alone in a thread."""
-        if (task, name) in self.remote:
+        if (task, name) in self.remote:  # its deployment plans for the budget and batches: no slowdown kept here
             return await self.remote[(task, name)].answer_async(request, deadline)
         batcher = self.batchers.get((task, name))
         if batcher is not None and deadline is not None:
-            return await batcher.submit(request, deadline)
-        return (await asyncio.to_thread(self.backends[task][name].answer, [request], deadline))[0]
+            answer = await batcher.submit(request, deadline)
+            self.observe(task, name, request, answer)
+            return answer
+        call = functools.partial(self.backends[task][name].answer, [request], deadline)
+        if name == self.cheapest(task):
+            answer = (await asyncio.get_running_loop().run_in_executor(self.fallback_pool, call))[0]
+        else:
+            answer = (await asyncio.to_thread(call))[0]
+        self.observe(task, name, request, answer)
+        return answer
+
+    def observe(self, task: str, name: str, request: Request, answer: Answer) -> None:
+        estimate = self.backends[task][name].estimate_ms(request)
+        if estimate > 0 and name == answer.backend:
+            previous = self.slowdown.get((task, name), 1.0)
+            self.slowdown[(task, name)] = 0.9 * previous + 0.1 * (answer.took_ms / estimate)
+
+    def factor(self, task: str, name: str) -> float:
+        return max(1.0, self.slowdown.get((task, name), 1.0))
+
+    def cost(self, task: str, name: str, request: Request) -> float:
+        """The backend's expected ms for the request now: its warm-up estimate times its current slowdown."""
+        return self.backends[task][name].estimate_ms(request) * self.factor(task, name)
 
     def available(self, task: str) -> list[str]:
         return list(self.backends[task])
@@ -172,35 +203,47 @@ class Engine:
         fallback = self.cheapest(task)
         degraded, reason = name != requested, (self.not_loaded_reason(requested, name) if name != requested else None)
         chosen = self.backends[task][name]
-        if name != fallback and not chosen.plan(request, budget_ms):
-            degraded, reason = True, (f"{name} needs ~{chosen.estimate_ms(request):.1f} ms, over the "
+        # keep time for the fallback: a backend that misses its (earlier) deadline is still answered for within the
+        # budget (the fallback's measured cost for this request, the ones queued on it, and one more as a margin)
+        # (and a share of the budget for the gateway's own work around the call: parsing, routing, the event loop)
+        reserve_ms = (self.cost(task, fallback, request) * (2 + self.active[(task, fallback)])
+                      + self.settings.budget_margin * budget_ms if name != fallback else 0.0)
+        own_ms = budget_ms - reserve_ms
+        # the backend plans in its warm-up milliseconds: the budget shrinks by its current slowdown
+        if name != fallback and not chosen.plan(request, own_ms / self.factor(task, name)):
+            kept = f" (+{reserve_ms:.1f} ms kept for the fallback)" if reserve_ms else ""
+            degraded, reason = True, (f"{name} needs ~{chosen.estimate_ms(request):.1f} ms{kept}, over the "
                                       f"{budget_ms:g} ms budget")
             name = fallback
         if name != fallback and (ahead := self.active[(task, name)]):
             # the requests already running on it share the same cores: expect to wait for them (a CPU backend's
             # batch costs about the sum of its requests), and degrade at once when that cannot fit
-            wait = chosen.estimate_ms(request) * (1 + ahead)
-            if wait > budget_ms:
+            wait = self.cost(task, name, request) * (1 + ahead)
+            if wait > own_ms:
                 degraded, reason = True, (f"{name} is busy: {ahead} requests ahead, ~{wait:.0f} ms expected, over the "
                                           f"{budget_ms:g} ms budget")
                 name = fallback
+        degraded_late = False  # the chosen backend ran and missed: the fallback answers (a refusal now is not fast)
         if name != fallback:
             running = (task, name)
+            own_deadline = deadline - reserve_ms / 1000.0
             self.active[running] += 1
             try:
-                answer = await asyncio.wait_for(self.run(task, name, request, deadline),
-                                                timeout=max(0.0, deadline - time.monotonic()))
+                answer = await asyncio.wait_for(self.run(task, name, request, own_deadline),
+                                                timeout=max(0.0, own_deadline - time.monotonic()))
                 metrics.BUDGET.labels(task, "hit" if time.monotonic() <= deadline else "miss").inc()
                 return Outcome(answer, requested, degraded, reason)
             except (asyncio.TimeoutError, TimeoutError, WouldMissDeadline, DeadlineExceeded):
                 degraded, reason = True, f"{name} missed the {budget_ms:g} ms deadline"
-                name = fallback
+                name, degraded_late = fallback, True
             finally:
                 self.active[running] -= 1
-        if ahead := self.active[(task, name)]:
-            # even the fallback is queued: when its wait cannot fit the budget, refuse at once (503, Retry-After)
-            wait = self.backends[task][name].estimate_ms(request) * (1 + ahead)
-            if wait > budget_ms:
+        if not degraded_late and (ahead := self.active[(task, name)]):
+            # even the fallback is queued: when its wait cannot fit what is left of the budget, refuse at once (503,
+            # Retry-After); an idle fallback always answers, and so does one after the chosen backend missed
+            # it runs on fallback_threads threads at once (its measured slowdown has the sharing of the cores)
+            wait = self.cost(task, name, request) * math.ceil((1 + ahead) / self.settings.fallback_threads)
+            if wait > (deadline - time.monotonic()) * 1000.0:
                 metrics.REFUSED.labels(task, "fallback_busy").inc()
                 raise Overloaded(f"overloaded: {name} (the fallback) has {ahead} requests ahead, ~{wait:.0f} ms "
                                  f"expected, over the {budget_ms:g} ms budget; retry later")

@@ -19,7 +19,10 @@ def test_a_busy_backend_degrades_at_once_when_its_queue_cannot_fit_the_budget(se
     engine = Engine.start(s, catalog)
     try:
         cost = engine.backends["retrieve"]["dense"].estimate_ms(Request("retrieve", query="x", k=10))
-        budget = 3.5 * cost  # three requests fit (waits of 1, 2, 3 costs); the fourth and later do not
+        reserve = 2 * engine.backends["retrieve"]["bm25"].estimate_ms(Request("retrieve", query="x", k=10))
+        # three requests fit (waits of 1, 2, 3 costs) beside the time kept for the fallback and the gateway's margin;
+        # the fourth and later do not
+        budget = (3.5 * cost + reserve) / (1 - s.budget_margin)
 
         async def burst():  # all enter the engine before any answer comes back: request i has i ahead of it
             reqs = [Request("retrieve", query=f"is question {n} answerable", k=10) for n in range(8)]
@@ -44,18 +47,19 @@ def test_a_busy_fallback_is_a_fast_503_with_retry_after(settings):
     try:
         fallback = engine.cheapest("retrieve")
         cost = engine.backends["retrieve"][fallback].estimate_ms(Request("retrieve", query="x", k=10))
-        budget = 2.5 * cost  # two waits fit (1 and 2 costs); the third and later requests are refused
+        threads = s.fallback_threads  # the fallback runs this many requests at once
+        budget = 2.5 * cost  # two rounds of `threads` requests fit (waits of 1 and 2 costs); the rest are refused
 
         async def burst():
-            reqs = [Request("retrieve", query=f"is question {n} answerable", k=10) for n in range(6)]
+            reqs = [Request("retrieve", query=f"is question {n} answerable", k=10) for n in range(3 * threads)]
             return await asyncio.gather(*(engine.answer(r, fallback, budget) for r in reqs), return_exceptions=True)
 
         outcomes = asyncio.run(burst())
         idle = asyncio.run(engine.answer(Request("retrieve", query="pear density", k=10), fallback, 0.001))
     finally:
         engine.close()
-    assert all(not isinstance(o, Exception) for o in outcomes[:2]), outcomes
-    refused = outcomes[2:]
+    assert all(not isinstance(o, Exception) for o in outcomes[:2 * threads]), outcomes
+    refused = outcomes[2 * threads:]
     assert all(isinstance(o, Overloaded) and "retry later" in str(o) and o.retry_after_s >= 1 for o in refused)
     assert idle.answer.backend == fallback and idle.answer.hits  # nothing queued: the floor of service answers
     assert sum(engine.active.values()) == 0
