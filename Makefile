@@ -90,10 +90,15 @@ serve: data lm
 
 # the gateway on Ray Serve: a local Ray head, replicas and autoscaling bounds from deploy/ray/serve.yaml (Redis
 # shared); multi-node: `ray start --head` here, `ray start --address <head>:6379` elsewhere, `serve deploy ...`
+# Serve's HAProxy ingress: a request a dead replica left unanswered is re-sent to another (every endpoint is
+# idempotent; POST /events by its key). Replicas' own HTTP ports then bind all interfaces (HAProxy on other nodes).
+RAY_HAPROXY = RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_RETRY_ON='conn-failure empty-response response-timeout' \
+              RAY_SERVE_HAPROXY_RETRIES=2
+
 serve-ray: data lm
 	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json
 	bash deploy/ensure-redis.sh
-	UNISR_ARTIFACTS_DIR=$(abspath $(ART)) UNISR_DATA_DIR=$(abspath data) $(BIN)/serve run deploy/ray/serve.yaml
+	$(RAY_HAPROXY) UNISR_ARTIFACTS_DIR=$(abspath $(ART)) UNISR_DATA_DIR=$(abspath data) $(BIN)/serve run deploy/ray/serve.yaml
 
 test: artifacts
 	bash deploy/ensure-redis.sh

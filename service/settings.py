@@ -53,7 +53,7 @@ class Settings(RuntimeSettings):
     max_in_flight: int | None = Field(None, ge=1)
     # share of a request's budget kept for the gateway's own work (parsing, routing, the event loop) when a model
     # backend is planned and given its deadline; the fallback's cost is kept besides
-    budget_margin: float = Field(0.1, ge=0, lt=1)
+    budget_margin: float = Field(0.15, ge=0, lt=1)
     fallback_threads: int = Field(4, ge=1)  # threads of the fallback backends (BM25, popularity), apart from the rest
     max_body_bytes: int = Field(64 * 1024, ge=1)
     cors_origins: list[str] = []  # empty: no CORS headers at all
