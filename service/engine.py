@@ -171,6 +171,22 @@ class Engine:
         """The backend's expected ms for the request now: its warm-up estimate times its current slowdown."""
         return self.backends[task][name].estimate_ms(request) * self.factor(task, name)
 
+    def reserve_ms(self, task: str, name: str, request: Request, budget_ms: float) -> float:
+        """What a request for a model backend keeps of its budget: time for the fallback, so a backend that misses
+        its (earlier) deadline is still answered for within the budget (the fallback's cost for this request, the
+        ones queued on it, and one more as a margin), and a share of the budget for the gateway's own work around
+        the call (parsing, routing, the event loop: settings.budget_margin). Nothing for the fallback itself."""
+        fallback = self.cheapest(task)
+        if name == fallback:
+            return 0.0
+        return (self.cost(task, fallback, request) * (2 + self.active[(task, fallback)])
+                + self.settings.budget_margin * budget_ms)
+
+    def planning_ms(self, task: str, name: str, request: Request, budget_ms: float) -> float:
+        """The budget a backend plans with (steps, beam), in its warm-up milliseconds: what is left after
+        reserve_ms, shrunk by its current slowdown."""
+        return (budget_ms - self.reserve_ms(task, name, request, budget_ms)) / self.factor(task, name)
+
     def available(self, task: str) -> list[str]:
         return list(self.backends[task])
 
@@ -203,14 +219,9 @@ class Engine:
         fallback = self.cheapest(task)
         degraded, reason = name != requested, (self.not_loaded_reason(requested, name) if name != requested else None)
         chosen = self.backends[task][name]
-        # keep time for the fallback: a backend that misses its (earlier) deadline is still answered for within the
-        # budget (the fallback's measured cost for this request, the ones queued on it, and one more as a margin)
-        # (and a share of the budget for the gateway's own work around the call: parsing, routing, the event loop)
-        reserve_ms = (self.cost(task, fallback, request) * (2 + self.active[(task, fallback)])
-                      + self.settings.budget_margin * budget_ms if name != fallback else 0.0)
+        reserve_ms = self.reserve_ms(task, name, request, budget_ms)
         own_ms = budget_ms - reserve_ms
-        # the backend plans in its warm-up milliseconds: the budget shrinks by its current slowdown
-        if name != fallback and not chosen.plan(request, own_ms / self.factor(task, name)):
+        if name != fallback and not chosen.plan(request, self.planning_ms(task, name, request, budget_ms)):
             kept = f" (+{reserve_ms:.1f} ms kept for the fallback)" if reserve_ms else ""
             degraded, reason = True, (f"{name} needs ~{chosen.estimate_ms(request):.1f} ms{kept}, over the "
                                       f"{budget_ms:g} ms budget")
