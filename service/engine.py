@@ -72,7 +72,7 @@ class Engine:
         self.active: collections.Counter[tuple[str, str]] = collections.Counter()  # (task, backend) -> in flight
         # (task, backend) -> moving average of (measured time / warm-up estimate) of its recent calls: under load the
         # cores are shared, so a backend runs slower than its warm-up said; budgets are planned with it
-        self.slowdown: dict[tuple[str, str], float] = {}
+        self.slowdown: dict[tuple[str, str], tuple[float, float]] = {}  # -> (value, time.monotonic() of the last)
         # the fallbacks run on threads of their own: a request whose chosen backend missed is answered at once,
         # never queued behind the heavy backends' calls in the default executor
         self.fallback_pool = ThreadPoolExecutor(max_workers=settings.fallback_threads, thread_name_prefix="fallback")
@@ -158,14 +158,19 @@ class Engine:
         self.observe(task, name, request, answer)
         return answer
 
+    SLOWDOWN_HALF_LIFE_S = 5.0
+
     def observe(self, task: str, name: str, request: Request, answer: Answer) -> None:
         estimate = self.backends[task][name].estimate_ms(request)
         if estimate > 0 and name == answer.backend:
-            previous = self.slowdown.get((task, name), 1.0)
-            self.slowdown[(task, name)] = 0.9 * previous + 0.1 * (answer.took_ms / estimate)
+            self.slowdown[(task, name)] = (0.9 * self.factor(task, name) + 0.1 * (answer.took_ms / estimate),
+                                           time.monotonic())
 
     def factor(self, task: str, name: str) -> float:
-        return max(1.0, self.slowdown.get((task, name), 1.0))
+        """The backend's current slowdown (>= 1). It decays towards 1 with a 5 s half-life since its last call: a
+        backend the load turned away is not measured again, and must not stay turned away after the load."""
+        value, at = self.slowdown.get((task, name), (1.0, 0.0))
+        return 1.0 + max(0.0, value - 1.0) * 0.5 ** ((time.monotonic() - at) / self.SLOWDOWN_HALF_LIFE_S)
 
     def cost(self, task: str, name: str, request: Request) -> float:
         """The backend's expected ms for the request now: its warm-up estimate times its current slowdown."""

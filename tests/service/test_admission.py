@@ -89,3 +89,25 @@ def test_over_the_in_flight_limit_is_a_429_before_routing(settings):
     assert refusal.headers["retry-after"] == "1" and "UNISR_MAX_IN_FLIGHT" in refusal.json()["detail"]
     assert refusal.headers["x-unisr-instance"]
     assert health.status_code == 200 and after.status_code == 200  # the slots were let go
+
+
+def test_a_backends_slowdown_scales_its_cost_and_fades_after_the_load(settings):
+    """Calls slower than the warm-up estimate raise the backend's cost (its slowdown); with no calls the slowdown
+    decays towards 1 (half-life SLOWDOWN_HALF_LIFE_S), so a backend the load turned away is used again after it."""
+    catalog = Catalog.load(ROOT / "data" / "ml100k", ROOT / "data" / "strategyqa-facts")
+    engine = Engine.start(settings.model_copy(update={"warmup": True}), catalog)
+    try:
+        request = Request("retrieve", query="x", k=10)
+        base = engine.cost("retrieve", "dense", request)
+        slow = engine.backends["retrieve"]["dense"].answer([request])[0]
+        slow.took_ms = 5 * base  # a call five times slower than the warm-up measured (e.g. cores shared under load)
+        for _ in range(30):
+            engine.observe("retrieve", "dense", request, slow)
+        loaded = engine.cost("retrieve", "dense", request)
+        value, at = engine.slowdown[("retrieve", "dense")]
+        engine.slowdown[("retrieve", "dense")] = (value, at - 4 * engine.SLOWDOWN_HALF_LIFE_S)  # 4 half-lives ago
+        later = engine.cost("retrieve", "dense", request)
+    finally:
+        engine.close()
+    assert loaded > 3.5 * base  # the moving average approached the slower calls' time
+    assert base <= later < base + (loaded - base) / 10  # 1/16 of the excess is left
