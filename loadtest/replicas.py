@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from types import SimpleNamespace
 
 import httpx
 
+from loadtest.budget import free_port
 from loadtest.run import num, read_csv, run_locust, run_seconds
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -30,12 +30,6 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1",
                "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response response-timeout",
                "RAY_SERVE_HAPROXY_RETRIES": "2"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gateway_replicas(ray) -> list[dict]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -32,12 +31,18 @@ from service.stores.events import EventStore
 log = structlog.get_logger("unisr.app")
 
 
-def load_state(app: FastAPI, settings: Settings, remote=None) -> None:
-    """Catalogue, engine and agent; with follow_versions, of the version <artifacts root>/CURRENT names (the newest
-    one a job runner published), else of settings.artifacts_dir."""
-    catalog = Catalog.load(settings.data_dir / "ml100k", settings.data_dir / "strategyqa-facts")
+def served_settings(settings: Settings) -> Settings:
+    """With follow_versions, the settings of the version <artifacts root>/CURRENT names (the newest one a job runner
+    published); else the settings as they are."""
     if settings.follow_versions:
-        settings = settings.model_copy(update={"artifacts_dir": served_version(settings.artifacts_dir)})
+        return settings.model_copy(update={"artifacts_dir": served_version(settings.artifacts_dir)})
+    return settings
+
+
+def load_state(app: FastAPI, settings: Settings, remote=None) -> None:
+    """Catalogue, engine and agent of the served version (served_settings)."""
+    catalog = Catalog.load(settings.data_dir / "ml100k", settings.data_dir / "strategyqa-facts")
+    settings = served_settings(settings)
     engine = attach(Engine.start(settings, catalog, remote), app.state.settings)
     app.state.catalog, app.state.engine = catalog, engine
     app.state.agent = load_agent(settings, engine.backends["retrieve"].get("bm25"))
@@ -104,10 +109,8 @@ def create_app(settings: Settings | None = None, remote: Callable[[], dict] | No
         log.error("unhandled", path=request.url.path, error=repr(exc))
         return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
 
-    host = socket.gethostname()
-
-    app.add_middleware(AccessLogMiddleware, host=host, log=log)
+    app.add_middleware(AccessLogMiddleware, log=log)
 
     if settings.max_in_flight:  # outermost: a refusal costs no routing, validation, cache or logging
-        app.add_middleware(InFlightLimitMiddleware, limit=settings.max_in_flight, host=host)
+        app.add_middleware(InFlightLimitMiddleware, limit=settings.max_in_flight)
     return app

@@ -22,6 +22,10 @@ from models.backend import Answer, Backend, Request
 from service import metrics
 
 
+def would_miss(backend: Backend, request: Request, deadline: float | None, now: float) -> bool:
+    """Whether the backend's estimated cost for the request, started now, ends past its deadline (time.monotonic())."""
+    return deadline is not None and now + backend.estimate_ms(request) / 1000.0 > deadline
+
 class WouldMissDeadline(Exception):
     """The request's deadline cannot be met by this backend any more."""
 
@@ -107,7 +111,7 @@ class Batcher:
         for item in batch:
             if item.future.done():  # the caller gave up (deadline) while queued
                 continue
-            if now + self.backend.estimate_ms(item.request) / 1000.0 > item.deadline:
+            if would_miss(self.backend, item.request, item.deadline, now):
                 item.future.set_exception(WouldMissDeadline())
             else:
                 live.append(item)

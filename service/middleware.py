@@ -7,7 +7,9 @@ this one.
 """
 from __future__ import annotations
 
+import functools
 import os
+import socket
 import time
 
 from starlette.datastructures import Headers
@@ -16,6 +18,17 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+
+
+@functools.cache
+def _host() -> str:
+    return socket.gethostname()
+
+
+def instance() -> str:
+    """host:pid of the process answering, read at call time (Ray Serve builds the app once and copies it into
+    each replica, so a value taken when the app was built would name the builder)."""
+    return f"{_host()}:{os.getpid()}"
 
 
 def too_large(max_bytes: int) -> str:
@@ -55,8 +68,8 @@ class InFlightLimitMiddleware:
 
     PATHS = ("/search", "/recommend", "/retrieve")
 
-    def __init__(self, app: ASGIApp, limit: int, host: str, retry_after_s: int = 1):
-        self.app, self.limit, self.host, self.retry_after_s = app, limit, host, retry_after_s
+    def __init__(self, app: ASGIApp, limit: int, retry_after_s: int = 1):
+        self.app, self.limit, self.retry_after_s = app, limit, retry_after_s
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,7 +79,7 @@ class InFlightLimitMiddleware:
             metrics.REFUSED.labels(scope["path"].lstrip("/"), "in_flight_limit").inc()
             body = {"detail": f"too many requests in flight: the limit is {self.limit} (UNISR_MAX_IN_FLIGHT); "
                               f"retry after {self.retry_after_s} s"}
-            headers = {"Retry-After": str(self.retry_after_s), "X-Unisr-Instance": f"{self.host}:{os.getpid()}"}
+            headers = {"Retry-After": str(self.retry_after_s), "X-Unisr-Instance": instance()}
             return await JSONResponse(body, status_code=429, headers=headers)(scope, receive, send)
         self.in_flight += 1
         try:
@@ -76,24 +89,24 @@ class InFlightLimitMiddleware:
 
 
 class AccessLogMiddleware:
-    """Names the answering process on every response (X-Unisr-Instance: host:pid, read per request: Ray Serve
-    builds the app once and copies it into each replica) and logs one line per request. Pure ASGI: Starlette's
-    BaseHTTPMiddleware costs a task group and a body stream per request on the event loop every request shares."""
+    """Names the answering process on every response (X-Unisr-Instance: instance()) and logs one line per
+    request. Pure ASGI: Starlette's BaseHTTPMiddleware costs a task group and a body stream per request on the event
+    loop every request shares."""
 
-    def __init__(self, app: ASGIApp, host: str, log):
-        self.app, self.host, self.log = app, host, log
+    def __init__(self, app: ASGIApp, log):
+        self.app, self.log = app, log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = [500]
-        instance = f"{self.host}:{os.getpid()}".encode()
+        name = instance().encode()
 
         async def send_named(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-unisr-instance", instance)]
+                message["headers"] = [*message.get("headers", []), (b"x-unisr-instance", name)]
             await send(message)
 
         try:

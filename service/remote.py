@@ -15,6 +15,7 @@ import time
 from typing import Any, ClassVar
 
 from models.backend import Answer, Backend, DeadlineExceeded, Hit, Request
+from service.batcher import would_miss
 
 
 def wall_deadline(deadline: float | None) -> float | None:
@@ -92,20 +93,20 @@ def answer_items(backend: Backend, items: list[dict]) -> list[Answer | Exception
     """The deployment's side of a batch: plan each request for its budget, drop those past their deadline (a
     DeadlineExceeded each), answer the rest in one backend call."""
     out: list[Answer | Exception | None] = [None] * len(items)
+    deadlines = [local_deadline(item.get("deadline")) for item in items]
     live: list[int] = []
+    now = time.monotonic()
     for n, item in enumerate(items):
         request: Request = item["request"]
-        deadline = local_deadline(item.get("deadline"))
         budget = request.options.pop("budget_ms", None)
         if budget is not None and not backend.plan(request, float(budget)):
             out[n] = DeadlineExceeded(f"{backend.name}: no configuration fits the {budget:g} ms budget")
-        elif deadline is not None and time.monotonic() + backend.estimate_ms(request) / 1000.0 > deadline:
+        elif would_miss(backend, request, deadlines[n], now):
             out[n] = DeadlineExceeded(f"{backend.name}: the deadline cannot be met any more")
         else:
             live.append(n)
     if live:
-        deadlines = [local_deadline(items[n].get("deadline")) for n in live]
-        deadline = None if any(d is None for d in deadlines) else max(deadlines)
+        deadline = None if any(deadlines[n] is None for n in live) else max(deadlines[n] for n in live)
         try:
             answers = backend.answer([items[n]["request"] for n in live], deadline)
         except DeadlineExceeded as e:

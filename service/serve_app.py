@@ -26,15 +26,14 @@ there whose artifacts are missing is skipped (the gateway substitutes as usual).
 """
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any
 
 from ray import serve
 
-from models.artifacts import artifact_dir, served_version
+from models.artifacts import artifact_dir
 from models.registry import BACKENDS, load_backend
-from service.app import create_app
+from service.app import create_app, served_settings
+from service.middleware import instance
 from service.remote import RemoteBackend, answer_items_async
 from service.settings import Settings
 
@@ -55,12 +54,6 @@ def set_remote(handles: dict | None) -> None:
         REMOTE[(task, name)] = RemoteBackend(task, name, handle)
 
 
-def resolve_artifacts(settings: Settings) -> Settings:
-    if settings.follow_versions:
-        return settings.model_copy(update={"artifacts_dir": served_version(settings.artifacts_dir)})
-    return settings
-
-
 @serve.deployment(name="backend", max_ongoing_requests=32)  # a batch is at most settings.batch_max_size
 class BackendServer:
     """One heavy backend in its own replicas: loads it, measures its cost (warm-up), answers batches."""
@@ -69,10 +62,10 @@ class BackendServer:
         from service.engine import warmup_samples  # noqa: PLC0415 - imports torch-free modules only
         from service.stores.catalog import Catalog  # noqa: PLC0415
 
-        settings = resolve_artifacts(Settings(**fields))
+        settings = served_settings(Settings(**fields))
         self.task, self.name = task, name
         self.backend = load_backend(settings.artifacts_dir, task, name, **settings.backend_options.get(name, {}))
-        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self.instance = instance()
         self.answer.set_max_batch_size(settings.batch_max_size)
         self.answer.set_batch_wait_timeout_s(settings.batch_max_wait_ms / 1000.0)
         if settings.warmup:
@@ -99,7 +92,7 @@ def backend_deployments(settings: Settings, backends: list[str] | dict[str, dict
     backends: the keys, or keys -> Serve deployment options (replicas, autoscaling, ray_actor_options, ...)."""
     options = backends if isinstance(backends, dict) else dict.fromkeys(backends)
     fields = settings.model_dump(exclude_unset=True)
-    root = resolve_artifacts(settings).artifacts_dir
+    root = served_settings(settings).artifacts_dir
     bound = {}
     for key, opts in options.items():
         task, _, name = key.partition("/")
