@@ -3,12 +3,15 @@ The questions are StrategyQA's (2,290 distinct), so the response cache rarely an
 
 It starts a gateway (uvicorn, 127.0.0.1, the artifacts of UNISR_ARTIFACTS_DIR or --artifacts, warm-up on), then
 for each load level sends `--path` (default: DiffuGR at 4 steps with a 200 ms budget, the measurement of issue
-#16) from N concurrent closed-loop clients for --seconds, and last an open-loop overload at --overload x the
-capacity measured at the first level. Per level it prints: answers, share within budget (+10 ms for the client),
-p50 / p99 of answers, refusals (429 / 503) and their p99, the gateway's peak thread count, and after the overload
-how long until a single request is back under its budget.
+#16) from N concurrent closed-loop clients for --seconds (joining over the first second; a refused client waits
+the Retry-After it was given; --spin-levels: clients that resend at once), and last an open-loop overload at
+--overload x the capacity measured at the first level (sent at that rate whatever the answers). Per level it
+prints: answers, share within budget (+10 ms for the client), p50 / p99 of answers, refusals (429 / 503) and their
+p99, the gateway's peak thread count, the client's own event-loop lag, and after the load how long until a single
+request is back under its budget.
 
     python -m loadtest.budget                          # levels 20 and 200 clients, 30 s each, then 3x for 60 s
+    python -m loadtest.budget --env UNISR_MAX_IN_FLIGHT=8 --env UNISR_MAX_QUEUED=16 --spin-levels 200
     python -m loadtest.budget --levels 20 --seconds 10 --overload 0
 
 Latencies are measured by the client on the same machine (its own CPU time included): compare within one run.
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -80,17 +84,29 @@ def start_gateway(port: int, artifacts: Path | None, log: Path, env_extra: dict)
     raise RuntimeError("gateway not ready in 300 s")
 
 
+async def client_lag(stop: float, lags: list[float], interval_s: float = 0.005) -> None:
+    """The client's own event-loop lag (ms late per 5 ms tick): the client shares the gateway's cores, and a
+    latency it measures includes the time it was late itself."""
+    while time.monotonic() < stop:
+        due = time.monotonic() + interval_s
+        await asyncio.sleep(interval_s)
+        lags.append(max(0.0, (time.monotonic() - due) * 1000))
+
+
 Record = tuple  # (status, client ms, server took_ms or None, answering backend + "*" when degraded, or None)
 
 
-async def ask(http: aiohttp.ClientSession, path: str, i: int, records: list[Record]) -> None:
-    """One request with the i-th question; a Record appended to records (status -1: no HTTP answer)."""
+async def ask(http: aiohttp.ClientSession, path: str, i: int, records: list[Record]) -> float | None:
+    """One request with the i-th question; a Record appended to records (status -1: no HTTP answer). Returns the
+    refusal's Retry-After (seconds), if any."""
     t0 = time.perf_counter()
-    took, backend = None, None
+    took, backend, retry_after = None, None, None
     try:
         async with http.get(path.format(q=quote_plus(QUERIES[i % len(QUERIES)]))) as r:
             body = await r.read()
             status = r.status
+            if status in (429, 503) and r.headers.get("Retry-After", "").isdigit():
+                retry_after = float(r.headers["Retry-After"])
     except (aiohttp.ClientError, asyncio.TimeoutError):
         status = -1
     ms = (time.perf_counter() - t0) * 1000
@@ -98,6 +114,7 @@ async def ask(http: aiohttp.ClientSession, path: str, i: int, records: list[Reco
         answer = json.loads(body)
         took, backend = answer["took_ms"], answer["backend"] + ("*" if answer["degraded"] else "")
     records.append((status, ms, took, backend))
+    return retry_after
 
 
 def session(url: str, connections: int) -> aiohttp.ClientSession:
@@ -115,33 +132,43 @@ def run(coro):
     return uvloop.run(coro)
 
 
-async def closed_loop(url: str, path: str, clients: int, seconds: float, pid: int) -> dict:
+async def closed_loop(url: str, path: str, clients: int, seconds: float, pid: int, retry_after: bool = True,
+                      ramp_s: float = 1.0) -> dict:
+    """`clients` clients, each sending its next request when the last one is answered; a refused client waits the
+    Retry-After it was given (what the header asks of a client; with jitter), or with retry_after=False resends at
+    once."""
     records: list[Record] = []
     peak = [threads_of(pid)]
     stop = time.monotonic() + seconds
 
     async def client(n: int, http: aiohttp.ClientSession) -> None:
         i = n
+        await asyncio.sleep(ramp_s * n / clients)  # clients join over ramp_s, as a load generator's spawn rate
         while time.monotonic() < stop:
             i += clients
-            await ask(http, path, i, records)
+            wait = await ask(http, path, i, records)
+            if retry_after and wait:  # jittered (x 1-1.5), or the refused clients come back all at once
+                await asyncio.sleep(min(wait * (1 + 0.5 * random.random()), max(0.0, stop - time.monotonic())))
 
     async def watch() -> None:
         while time.monotonic() < stop:
             peak.append(threads_of(pid))
             await asyncio.sleep(0.5)
 
+    lags: list[float] = []
     async with session(url, clients) as http:
-        await asyncio.gather(watch(), *(client(n, http) for n in range(clients)))
-    return summarise(f"{clients} clients", records, seconds, max(peak))
+        await asyncio.gather(watch(), client_lag(stop, lags), *(client(n, http) for n in range(clients)))
+    label = f"{clients} clients" + ("" if retry_after else ", resending at once")
+    return summarise(label, records, seconds, max(peak), lags)
 
 
 async def open_loop(url: str, path: str, rate: float, seconds: float, pid: int) -> dict:
     """Requests sent at a fixed rate whatever the answers' pace (offered load), each on its own task."""
     records: list[Record] = []
     peak = [threads_of(pid)]
+    lags: list[float] = []
     async with session(url, 2000) as http:
-        tasks, start, i = [], time.monotonic(), 0
+        tasks, start, i = [asyncio.create_task(client_lag(time.monotonic() + seconds, lags))], time.monotonic(), 0
         while (now := time.monotonic()) - start < seconds:
             due = int((now - start) * rate)
             while i < due:
@@ -151,10 +178,10 @@ async def open_loop(url: str, path: str, rate: float, seconds: float, pid: int) 
                 peak.append(threads_of(pid))
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
-    return summarise(f"open loop {rate:.0f}/s", records, seconds, max(peak))
+    return summarise(f"open loop {rate:.0f}/s", records, seconds, max(peak), lags)
 
 
-def summarise(label: str, records: list[Record], seconds: float, threads: int,
+def summarise(label: str, records: list[Record], seconds: float, threads: int, client_lags: list[float] = (),
               budget_ms: float = 200.0, slack_ms: float = 10.0) -> dict:
     ok = np.array([ms for s, ms, *_ in records if s == 200])
     server = np.array([took for s, _, took, _ in records if s == 200])
@@ -177,7 +204,7 @@ def summarise(label: str, records: list[Record], seconds: float, threads: int,
             "p50_ms": pct(ok, 50), "p99_ms": pct(ok, 99), "server_p99_ms": pct(server, 99), "late_by": late,
             "answered_by": by,
             "refused": len(refused), "refused_p99_ms": pct(refused, 99),
-            "errors": len(other), "peak_threads": threads}
+            "errors": len(other), "peak_threads": threads, "client_lag_p99_ms": pct(np.array(client_lags), 99)}
 
 
 def recovery_s(url: str, path: str, budget_ms: float = 200.0, limit_s: float = 30.0) -> float | None:
@@ -196,7 +223,7 @@ def recovery_s(url: str, path: str, budget_ms: float = 200.0, limit_s: float = 3
 def print_table(rows: list[dict]) -> None:
     cols = ["load", "requests", "answers_per_s", "within_budget", "fast_or_within", "p50_ms", "p99_ms", "server_p99_ms",
             "refused",
-            "refused_p99_ms", "errors", "peak_threads"]
+            "refused_p99_ms", "errors", "peak_threads", "client_lag_p99_ms"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
@@ -208,6 +235,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--artifacts", type=Path, default=None)
     p.add_argument("--path", default=PATH, help="request path; {q} is replaced by a question")
     p.add_argument("--levels", default="20,200", help="concurrent closed-loop clients per level")
+    p.add_argument("--spin-levels", default="", help="closed-loop levels whose clients ignore Retry-After and resend "
+                                                     "a refused request at once")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--overload", type=float, default=3.0, help="open-loop rate as a multiple of the first level's "
                                                                "answers per second (0: skip)")
@@ -223,8 +252,10 @@ def main(argv=None) -> list[dict]:
     url = f"http://127.0.0.1:{port}"
     rows: list[dict] = []
     try:
-        for clients in [int(c) for c in a.levels.split(",")]:
-            rows.append(run(closed_loop(url, a.path, clients, a.seconds, gateway.pid)))
+        levels = [(int(c), True) for c in a.levels.split(",") if c] + \
+                 [(int(c), False) for c in a.spin_levels.split(",") if c]
+        for clients, retry_after in levels:
+            rows.append(run(closed_loop(url, a.path, clients, a.seconds, gateway.pid, retry_after)))
             rows[-1]["recovery_s"] = recovery_s(url, a.path)
             print(json.dumps(rows[-1]), flush=True)
         if a.overload > 0 and rows:

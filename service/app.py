@@ -112,5 +112,5 @@ def create_app(settings: Settings | None = None, remote: Callable[[], dict] | No
     app.add_middleware(AccessLogMiddleware, log=log)
 
     if settings.max_in_flight:  # outermost: a refusal costs no routing, validation, cache or logging
-        app.add_middleware(InFlightLimitMiddleware, limit=settings.max_in_flight)
+        app.add_middleware(InFlightLimitMiddleware, limit=settings.max_in_flight, max_queued=settings.max_queued)
     return app

@@ -7,10 +7,13 @@ this one.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import socket
 import time
+from collections import deque
+from contextvars import ContextVar
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -60,32 +63,66 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
+ARRIVED: ContextVar[float | None] = ContextVar("unisr_arrived", default=None)  # perf_counter() at arrival
+
+
+def waited_ms() -> float:
+    """How long the current request has been in the process (queued for a slot included); 0 outside a request."""
+    arrived = ARRIVED.get()
+    return 0.0 if arrived is None else (time.perf_counter() - arrived) * 1000
+
+
 class InFlightLimitMiddleware:
-    """A global limit on the ranked requests (/search, /recommend, /retrieve) a process works on at once: one over
-    `limit` is answered 429 with Retry-After at once, before routing, validation or the cache (a pure ASGI check
-    of a counter, so a refusal costs microseconds of the event loop). Health, metrics, events and admin requests
+    """Admission before routing, for the ranked requests (/search, /recommend, /retrieve): at most `limit` run at
+    once, up to `max_queued` more wait for a slot in arrival order (waiting costs no CPU), and one beyond both is
+    answered 429 with Retry-After at once (a pure ASGI check of two counters: a refusal costs microseconds of the
+    event loop). Size the limit to the cores (requests beyond what the cores can work on only slow every answer,
+    refusals included); the queue absorbs bursts. A request's time in the queue counts against its latency budget
+    (ARRIVED / waited_ms: the pipeline hands the engine what is left). Health, metrics, events and admin requests
     are not counted. The refusal names the process (X-Unisr-Instance) like every other response."""
 
     PATHS = ("/search", "/recommend", "/retrieve")
 
-    def __init__(self, app: ASGIApp, limit: int, retry_after_s: int = 1):
-        self.app, self.limit, self.retry_after_s = app, limit, retry_after_s
+    def __init__(self, app: ASGIApp, limit: int, max_queued: int = 0, retry_after_s: int = 1):
+        self.app, self.limit, self.max_queued, self.retry_after_s = app, limit, max_queued, retry_after_s
         self.in_flight = 0
+        self.waiting: deque[asyncio.Future] = deque()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.PATHS:
             return await self.app(scope, receive, send)
+        ARRIVED.set(time.perf_counter())
         if self.in_flight >= self.limit:
-            metrics.REFUSED.labels(scope["path"].lstrip("/"), "in_flight_limit").inc()
-            body = {"detail": f"too many requests in flight: the limit is {self.limit} (UNISR_MAX_IN_FLIGHT); "
-                              f"retry after {self.retry_after_s} s"}
-            headers = {"Retry-After": str(self.retry_after_s), "X-Unisr-Instance": instance()}
-            return await JSONResponse(body, status_code=429, headers=headers)(scope, receive, send)
-        self.in_flight += 1
+            if len(self.waiting) >= self.max_queued:
+                metrics.REFUSED.labels(scope["path"].lstrip("/"), "in_flight_limit").inc()
+                body = {"detail": f"too many requests: {self.limit} in flight (UNISR_MAX_IN_FLIGHT) and "
+                                  f"{self.max_queued} queued (UNISR_MAX_QUEUED); retry after {self.retry_after_s} s"}
+                headers = {"Retry-After": str(self.retry_after_s), "X-Unisr-Instance": instance()}
+                return await JSONResponse(body, status_code=429, headers=headers)(scope, receive, send)
+            slot = asyncio.get_running_loop().create_future()
+            self.waiting.append(slot)
+            try:
+                await slot  # a finishing request hands its slot over (in_flight unchanged)
+            except asyncio.CancelledError:
+                if slot.done() and not slot.cancelled():
+                    self._release()  # the slot was handed over as this request gave up: pass it on
+                else:
+                    slot.cancel()  # left in the queue, skipped by _release
+                raise
+        else:
+            self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self._release()
+
+    def _release(self) -> None:
+        while self.waiting:
+            slot = self.waiting.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self.in_flight -= 1
 
 
 class AccessLogMiddleware:

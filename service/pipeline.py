@@ -8,6 +8,7 @@ from fastapi import HTTPException
 from models.backend import Request
 from service import metrics
 from service.engine import Engine, Overloaded, UnknownBackend
+from service.middleware import waited_ms
 from service.schemas import RankedResponse, ResultItem
 from service.settings import Settings
 from service.stores.cache import cache_key
@@ -33,7 +34,7 @@ def check_k(k: int, settings: Settings) -> int:
 
 async def ranked(endpoint: str, request: Request, backend: str | None, budget_ms: float | None, *, engine: Engine,
                  catalog, cache, settings: Settings, cache_params: dict, cold_start: bool = False) -> RankedResponse:
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - waited_ms() / 1000  # from arrival: time queued for an in-flight slot counts
     budget = float(budget_ms or settings.default_latency_budget_ms)
     # the served version is part of the key: after a swap (a new checkpoint) no answer of the old one is reused
     key = cache_key(endpoint, {**cache_params, "backend": backend, "budget": budget,
@@ -44,7 +45,8 @@ async def ranked(endpoint: str, request: Request, backend: str | None, budget_ms
         metrics.REQUESTS.labels(endpoint, resp.backend, "cached").inc()
         return resp
     try:
-        outcome = await engine.answer(request, backend, budget)
+        # what is left of the budget (at least a sliver: an idle fallback always answers)
+        outcome = await engine.answer(request, backend, max(0.001, budget - (time.perf_counter() - t0) * 1000))
     except UnknownBackend as e:
         raise HTTPException(400, str(e)) from None
     except Overloaded as e:  # even the fallback cannot fit: refuse now, so the client can retry elsewhere

@@ -118,7 +118,8 @@ ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in 
     (400, "a semantic error, e.g. an unknown backend (the message lists the available ones)"),
     (413, "request body over the configured limit (UNISR_MAX_BODY_BYTES)"),
     (422, "invalid input: the message names the field"),
-    (429, "over the process's in-flight limit (UNISR_MAX_IN_FLIGHT): retry after Retry-After seconds"),
+    (429, "over the process's in-flight limit and queue (UNISR_MAX_IN_FLIGHT, UNISR_MAX_QUEUED): retry after "
+          "Retry-After seconds"),
     (503, "overloaded: even the fallback cannot answer within the budget (Retry-After), or the process is starting")]}
 
 

@@ -51,6 +51,8 @@ class Settings(RuntimeSettings):
     # ranked requests (/search, /recommend, /retrieve) one process works on at once; beyond it 429 + Retry-After at
     # once (service.middleware.InFlightLimitMiddleware); None: no limit
     max_in_flight: int | None = Field(None, ge=1)
+    # ... and this many more wait for a slot in arrival order (their wait counts against their budget)
+    max_queued: int = Field(0, ge=0)
     # share of a request's budget kept for the gateway's own work (parsing, routing, the event loop) when a model
     # backend is planned and given its deadline; the fallback's cost is kept besides
     budget_margin: float = Field(0.15, ge=0, lt=1)

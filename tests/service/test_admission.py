@@ -111,3 +111,31 @@ def test_a_backends_slowdown_scales_its_cost_and_fades_after_the_load(settings):
         engine.close()
     assert loaded > 3.5 * base  # the moving average approached the slower calls' time
     assert base <= later < base + (loaded - base) / 10  # 1/16 of the excess is left
+
+
+
+def test_requests_over_the_limit_wait_in_a_bounded_queue_and_their_wait_counts(settings):
+    """UNISR_MAX_QUEUED: beyond the in-flight limit, requests wait for a slot in arrival order; beyond the queue
+    they get 429 at once. Limit 1, queue 3, 8 concurrent requests: 4 answered (one running, three queued, each
+    after the one before it, so their took_ms, counted from arrival, grows), 4 refused; the slots are let go."""
+    s = settings.model_copy(update={"max_in_flight": 1, "max_queued": 3, "warmup": False})
+
+    async def go():
+        app = create_app(s)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                params = [{"q": f"is question {n} answerable", "backend": "dense", "latency_budget_ms": 5000}
+                          for n in range(8)]
+                answers = await asyncio.gather(*(client.get("/retrieve", params=p) for p in params))
+                after = await asyncio.gather(*(client.get("/retrieve", params=p) for p in params[:4]))
+        return answers, after
+
+    answers, after = asyncio.run(go())
+    codes = [r.status_code for r in answers]
+    assert codes.count(200) == 4 and codes.count(429) == 4, codes
+    refusal = next(r for r in answers if r.status_code == 429)
+    assert "UNISR_MAX_QUEUED" in refusal.json()["detail"] and refusal.headers["retry-after"] == "1"
+    took = sorted(r.json()["took_ms"] for r in answers if r.status_code == 200)
+    assert took[3] > took[0] * 1.8, took  # the last admitted waited for the three before it (~4x their own time)
+    assert [r.status_code for r in after] == [200] * 4  # the queue and slots were let go
