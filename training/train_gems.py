@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from indexing.data import load_recsys, load_retrieval
+from indexing.data import general_texts, load_recsys
 from indexing.docids import atomic_ids, build_docids
 from models.artifacts import read_meta, write_meta
 from models.backend import Request
@@ -154,14 +154,6 @@ def recommend_windows(data, vocab: ItemVocab, max_len: int, users: int | None = 
         rows = [vocab.row[i] for i in seq if i in vocab.row]
         out += [[vocab.ids.ids[r] for r in inp + [tgt[-1]]] for inp, tgt in training_windows(rows, max_len)]
     return out
-
-
-def general_texts(data_dir: Path, n: int) -> tuple[list[str], list[str]]:
-    """Two disjoint halves of the StrategyQA evidence sentences: null-space estimation, perplexity."""
-    corpus = load_retrieval(data_dir / "strategyqa-facts").corpus
-    texts = sorted(d["text"] for d in corpus.values() if len(d["text"].split()) >= 6)
-    random.Random(0).shuffle(texts)
-    return texts[:n], texts[n:2 * n]
 
 
 class Encoded:

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from indexing.data import general_texts
 from models.artifacts import write_meta
 from models.causal_lm import load_causal_lm, perplexity
 from models.lrc import LowRankClone, LRCConfig, export, parameter_count, residual_basis, student_config
 from training.common import add_config_args, add_threads_arg, config_values, set_threads
-from training.train_gems import general_texts
 
 
 @dataclass
@@ -129,7 +129,7 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
             (last / "state.json").write_text(json.dumps(state))
     student = model.merge()
     meta = {"method": "from scratch (KD)" if from_scratch else "Low-Rank Clone", "teacher": str(lm or "default"),
-            "distillation_tokens": state["tokens"], "steps": state["step"],
+            "distillation_tokens": state["tokens"], "steps": state["step"], "train_texts": run.train_texts,
             "train_s": round(time.perf_counter() - t0, 1),
             "params": parameter_count(student), "teacher_params": parameter_count(teacher),
             "student_ppl": round(perplexity(student, tok, ppl_texts), 2),

@@ -68,3 +68,14 @@ def load_retrieval(path: str | Path) -> RetrievalData:
         qrels[split] = {q: {d: g for d, g in r.items() if d in corpus} for q, r in qrels[split].items()}
         qrels[split] = {q: r for q, r in qrels[split].items() if r and q in queries}
     return RetrievalData(name=path.name, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def general_texts(data_dir: Path, n: int) -> tuple[list[str], list[str]]:
+    """General-domain text (StrategyQA's evidence sentences of 6+ words, in a fixed shuffled order): the first n and
+    the next n, disjoint (GEMS: null-space estimation / perplexity; Low-Rank Clone: distillation / held out)."""
+    import random
+
+    corpus = load_retrieval(data_dir / "strategyqa-facts").corpus
+    texts = sorted(d["text"] for d in corpus.values() if len(d["text"].split()) >= 6)
+    random.Random(0).shuffle(texts)
+    return texts[:n], texts[n:2 * n]
