@@ -113,7 +113,7 @@ eval-diffugr: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m training.evaluate --task retrieve --backend diffugr --steps 1,2,3,4 --artifacts $(ART)
 
 eval-agent: agent
-	$(BIN)/python -m training.eval.agent --split test --limit 50 --threads 1 --artifacts $(ART)
+	$(BIN)/python -m training.eval.agent --split test --threads 1 --artifacts $(ART)
 
 bench-docid: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m loadtest.bench_docid --artifacts $(ART)

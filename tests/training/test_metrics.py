@@ -44,3 +44,19 @@ def test_single_target_hit_rate_and_ndcg():
     assert math.isclose(m["hit_rate@5"], 2 / 3) and math.isclose(m["hit_rate@1"], 0.0)
     assert math.isclose(m["ndcg@10"], (1 / math.log2(4) + 0 + 1 / math.log2(3)) / 3)  # a repeat counts once
     assert single_target([], [], ["hit_rate@10"]) == {"hit_rate@10": 0.0}
+
+
+def test_evidence_recall_recorded_recall_and_precision_by_hand():
+    from training.eval.metrics import evidence, proportion_ci
+
+    supporting = [["a", "b"], ["c"], ["d", "e"]]
+    retrieved = [["x", "a", "a", "b"], ["y"], ["e"]]  # 2/2, 0/1, 1/2 -> mean 0.5
+    recorded = [["a", "x"], [], ["e"]]  # recall 1/2, 0, 1/2; precision 1/2 and 1 over the two that recorded
+    out = evidence(supporting, retrieved, recorded, k=10)
+    assert out["evidence_recall@10"] == pytest.approx(0.5)
+    assert out["recorded_recall"] == pytest.approx((0.5 + 0 + 0.5) / 3)
+    assert out["record_precision"] == pytest.approx(0.75) and out["recorded_any"] == pytest.approx(2 / 3)
+    # top 1: "b" (1/2), "y" (0), "e" (1/2)
+    assert evidence(supporting, [["b", "x", "a"]] + retrieved[1:], k=1)["evidence_recall@1"] == pytest.approx(1 / 3)
+    assert math.isnan(evidence(supporting, retrieved, [[], [], []])["record_precision"])
+    assert proportion_ci(0.5, 100) == pytest.approx(1.96 * 0.05)

@@ -1,5 +1,8 @@
-"""Evaluate agentic search on held-out multi-hop questions: EM, F1, mean hops and latency for
+"""Evaluate agentic search on held-out multi-hop questions: EM (with its 95% interval), F1, mean hops, latency, and
+the gold supporting facts found (StrategyQA gives every question's): recall@10 of everything retrieved, and of what
+the agent recorded as evidence with the records' precision, for
 
+- single-shot retrieval of the question (BM25 and dense top-10: what the loop's searches must beat; no answer),
 - no retrieval (closed book, the base LM),
 - one-shot retrieve-then-answer (RAG: BM25 top-k for the question, the base LM answers),
 - the untrained loop (the base LM with the worked example),
@@ -8,7 +11,8 @@
 plus the majority-answer floor. One table on stdout, JSON in --out. EM and F1 are training.eval.metrics' (SQuAD
 normalisation, the harness's definition).
 
-    python -m training.eval.agent --split test --limit 50
+    python -m training.eval.agent --split test                 # the full split (hours: the loops)
+    python -m training.eval.agent --split test --no-loops      # the baselines only (minutes)
 """
 from __future__ import annotations
 
@@ -24,44 +28,69 @@ from tqdm import tqdm
 
 from indexing.data import load_multihop
 from models.artifacts import read_meta
+from models.backend import Request
 from models.causal_lm import load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
 from training.common import add_threads_arg, set_threads
-from training.eval.metrics import exact_match, f1
+from training.eval.metrics import evidence, exact_match, f1, proportion_ci
+
+K_EVIDENCE = 10  # evidence recall@10: the single-shot baselines retrieve 10
 
 
 def summarise(name: str, preds: list[str], golds: list[str], hops: list[int], ms: list[float]) -> dict:
-    return {"system": name, "n": len(golds), "em": float(np.mean([exact_match(p, g) for p, g in zip(preds, golds)])),
+    em = float(np.mean([exact_match(p, g) for p, g in zip(preds, golds)]))
+    return {"system": name, "n": len(golds), "em": em, "em_ci95": proportion_ci(em, len(golds)),
             "f1": float(np.mean([f1(p, g) for p, g in zip(preds, golds)])), "mean_hops": float(np.mean(hops)),
             "latency_mean_ms": float(np.mean(ms)), "latency_p50_ms": float(np.percentile(ms, 50)),
             "yes_rate": float(np.mean([p == "yes" for p in preds]))}
 
 
+def single_shot(name: str, retriever, questions: list[dict], k: int = K_EVIDENCE) -> dict:
+    """Retrieval of the question alone, top-k: evidence recall only (no answer)."""
+    t0, ids = time.perf_counter(), []
+    for q in questions:
+        ids.append([h.id for h in retriever.answer([Request("retrieve", query=q["question"], k=k)])[0].hits])
+    return {"system": name, "n": len(questions), "mean_hops": 1.0,
+            "latency_mean_ms": (time.perf_counter() - t0) * 1000 / max(1, len(questions)),
+            **evidence([q.get("supporting", []) for q in questions], ids, k=K_EVIDENCE)}
+
+
 def run_loop(name: str, agent: SearchAgent, questions: list[dict]) -> dict:
-    preds, hops, ms, parse_errors = [], [], [], 0
+    preds, hops, ms, parse_errors, retrieved, recorded, tokens = [], [], [], 0, [], [], []
     for q in tqdm(questions, desc=name):
         tr = agent.run(q["question"])
         preds.append(tr.answer), hops.append(tr.hops), ms.append(tr.total_ms)
+        retrieved.append(tr.retrieved_ids), recorded.append([e.doc_id for e in tr.evidence])
+        tokens.append(sum(len(agent.tok(text, add_special_tokens=False).input_ids)
+                          for text, by_model in tr.segments if by_model))
         parse_errors += tr.parse_errors
     row = summarise(name, preds, [q["answer"] for q in questions], hops, ms)
     row["parse_errors_per_q"] = parse_errors / max(1, len(questions))
+    row["tokens_per_q"] = float(np.mean(tokens))
+    row.update(evidence([q.get("supporting", []) for q in questions], retrieved, recorded, k=K_EVIDENCE))
     return row
 
 
 def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | None, max_hops: int,
-             k: int) -> list[dict]:
+             k: int, dense=None, loops: bool = True) -> list[dict]:
     golds = [q["answer"] for q in questions]
+    supporting = [q.get("supporting", []) for q in questions]
     majority = collections.Counter(q["answer"] for q in data.split("train")).most_common(1)[0][0]
     rows = [summarise(f"majority ('{majority}')", [majority] * len(golds), golds, [0] * len(golds),
                       [0.0] * len(golds))]
+    rows.append(single_shot(f"BM25 top-{K_EVIDENCE} of the question", retriever, questions))
+    if dense is not None:
+        rows.append(single_shot(f"dense top-{K_EVIDENCE} of the question", dense, questions))
     model, tok = load_causal_lm(lm, dtype=torch.bfloat16)
     base = SearchAgent(model, tok, retriever, data, AgentConfig(max_hops=max_hops, k=k, few_shot=True))
     preds, ms = zip(*[base.closed_book_answer(q["question"]) for q in tqdm(questions, desc="no retrieval")])
     rows.append(summarise("no retrieval", list(preds), golds, [0] * len(golds), list(ms)))
     out = [base.rag_answer(q["question"]) for q in tqdm(questions, desc="RAG")]
-    rows.append(summarise(f"RAG (BM25 top-{k})", [a for a, _, _ in out], golds, [1] * len(golds),
-                          [m for _, _, m in out]))
+    rows.append({**summarise(f"RAG (BM25 top-{k})", [a for a, _, _ in out], golds, [1] * len(golds),
+                             [m for _, _, m in out]), **evidence(supporting, [ids for _, ids, _ in out], k=K_EVIDENCE)})
+    if not loops:
+        return rows
     rows.append(run_loop("loop, untrained (few-shot)", base, questions))
     rounds = sorted(agent_dir.glob("round-*"), key=lambda p: int(p.name.split("-")[1])) if agent_dir.exists() else []
     meta = read_meta(agent_dir) if (agent_dir / "meta.json").exists() else {}
@@ -72,12 +101,23 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
     return rows
 
 
+COLUMNS = [("EM", "em", ".3f"), ("+-95%", "em_ci95", ".3f"), ("F1", "f1", ".3f"),
+           (f"R@{K_EVIDENCE}", f"evidence_recall@{K_EVIDENCE}", ".3f"), ("rec.R", "recorded_recall", ".3f"),
+           ("rec.P", "record_precision", ".3f"), ("hops", "mean_hops", ".2f"), ("tok/q", "tokens_per_q", ".0f"),
+           ("ms/q", "latency_mean_ms", ".0f"), ("yes", "yes_rate", ".0%")]
+
+
 def table(rows: list[dict]) -> str:
-    head = f"{'system':32s} {'n':>4s} {'EM':>6s} {'F1':>6s} {'hops':>5s} {'ms/q':>8s} {'p50 ms':>8s} {'yes%':>5s}"
-    lines = [head, "-" * len(head)]
+    """One line per system; a blank cell where the figure does not apply (no answer, no records)."""
+    def cell(r, key, fmt):
+        v = r.get(key)
+        return format(v, fmt) if v is not None and v == v else ""
+
+    lines = [f"{'system':36s} {'n':>4s} " + " ".join(f"{name:>7s}" for name, _, _ in COLUMNS)]
+    lines.append("-" * len(lines[0]))
     for r in rows:
-        lines.append(f"{r['system']:32s} {r['n']:4d} {r['em']:6.3f} {r['f1']:6.3f} {r['mean_hops']:5.2f} "
-                     f"{r['latency_mean_ms']:8.0f} {r['latency_p50_ms']:8.0f} {100 * r['yes_rate']:5.0f}")
+        figures = " ".join(f"{cell(r, key, fmt):>7s}" for _, key, fmt in COLUMNS)
+        lines.append(f"{r['system']:36s} {r['n']:4d} {figures}")
     return "\n".join(lines)
 
 
@@ -88,7 +128,9 @@ def main(argv=None) -> None:
     p.add_argument("--agent", type=Path, default=None, help="EM output directory (default: <artifacts>/agent)")
     p.add_argument("--lm", default=None, help="base LM directory (default: the prepared SmolLM2-135M)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=50, help="first N questions of the split (0: all)")
+    p.add_argument("--limit", type=int, default=0, help="first N questions of the split (0: all)")
+    p.add_argument("--no-loops", action="store_true", help="only the baselines (single-shot retrieval, closed book, "
+                                                          "RAG): minutes on the full split, the loops take hours")
     p.add_argument("--max-hops", type=int, default=2)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results"))
@@ -99,7 +141,7 @@ def main(argv=None) -> None:
     questions = data.split(a.split)[: a.limit or None]
     t0 = time.time()
     rows = evaluate(questions, data, load_backend(a.artifacts, "retrieve", "bm25"), a.agent or a.artifacts / "agent",
-                    a.lm, a.max_hops, a.k)
+                    a.lm, a.max_hops, a.k, dense=load_backend(a.artifacts, "retrieve", "dense"), loops=not a.no_loops)
     print(table(rows))
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"agent-{a.split}.json"

@@ -50,6 +50,28 @@ def single_target(ranked: list[list[str]], targets: list[str], metrics: list[str
                    metrics)
 
 
+def evidence(supporting: list[list[str]], retrieved: list[list[str]], recorded: list[list[str]] | None = None,
+             k: int = 10) -> dict[str, float]:
+    """How much of each question's gold supporting evidence a system found: recall@k of the ids it retrieved (in
+    the order retrieved, deduplicated), and with `recorded` (the ids it kept as evidence) their recall (all of them)
+    and precision (the share of recorded ids that are gold, over the questions that recorded any; nan if none)."""
+    qrels = {str(n): {d: 1 for d in s} for n, s in enumerate(supporting) if s}
+    out = {f"evidence_recall@{k}": ranking(qrels, {str(n): r for n, r in enumerate(retrieved)}, [f"recall@{k}"])[
+        f"recall@{k}"]}
+    if recorded is not None:
+        out["recorded_recall"] = ranking(qrels, {str(n): r for n, r in enumerate(recorded)}, ["recall@1000"])[
+            "recall@1000"]
+        kept = [(set(r), set(s)) for r, s in zip(recorded, supporting) if r]
+        out["record_precision"] = (sum(len(r & s) / len(r) for r, s in kept) / len(kept)) if kept else float("nan")
+        out["recorded_any"] = len(kept) / max(1, len(recorded))
+    return out
+
+
+def proportion_ci(p: float, n: int, z: float = 1.96) -> float:
+    """Half-width of the normal-approximation 95% interval of a proportion p over n cases."""
+    return z * (p * (1 - p) / n) ** 0.5 if n else float("nan")
+
+
 # ---------------------------------------------------------------- answers (SQuAD)
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
