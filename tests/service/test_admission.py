@@ -65,24 +65,32 @@ def test_a_busy_fallback_is_a_fast_503_with_retry_after(settings):
     assert sum(engine.active.values()) == 0
 
 
-def test_over_the_in_flight_limit_is_a_429_before_routing(settings):
-    """UNISR_MAX_IN_FLIGHT: ranked requests beyond the limit get 429 + Retry-After at once; health is not
-    counted. 12 concurrent requests against a limit of 2 (the engine answers in worker threads, so they overlap)."""
-    s = settings.model_copy(update={"max_in_flight": 2, "warmup": False})
-
+def burst(s, n: int, then):
+    """n concurrent /retrieve requests (dense, 5 s budget) to a fresh gateway with settings s, then
+    `await then(client, params)` on the same gateway: (the n responses, what `then` returned)."""
     async def go():
         app = create_app(s)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-                params = [{"q": f"is question {n} answerable", "backend": "dense", "latency_budget_ms": 5000}
-                          for n in range(12)]
+                params = [{"q": f"is question {i} answerable", "backend": "dense", "latency_budget_ms": 5000}
+                          for i in range(n)]
                 answers = await asyncio.gather(*(client.get("/retrieve", params=p) for p in params))
-                health = await client.get("/healthz")
-                after = await client.get("/retrieve", params={"q": "pear density", "backend": "dense"})
-        return answers, health, after
+                return answers, await then(client, params)
 
-    answers, health, after = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_over_the_in_flight_limit_is_a_429_before_routing(settings):
+    """UNISR_MAX_IN_FLIGHT: ranked requests beyond the limit get 429 + Retry-After at once; health is not
+    counted. 12 concurrent requests against a limit of 2 (the engine answers in worker threads, so they overlap)."""
+    s = settings.model_copy(update={"max_in_flight": 2, "warmup": False})
+
+    async def then(client, params):
+        return (await client.get("/healthz"),
+                await client.get("/retrieve", params={"q": "pear density", "backend": "dense"}))
+
+    answers, (health, after) = burst(s, 12, then)
     codes = [r.status_code for r in answers]
     assert set(codes) == {200, 429} and codes.count(200) >= 2, codes
     refusal = next(r for r in answers if r.status_code == 429)
@@ -120,18 +128,10 @@ def test_requests_over_the_limit_wait_in_a_bounded_queue_and_their_wait_counts(s
     after the one before it, so their took_ms, counted from arrival, grows), 4 refused; the slots are let go."""
     s = settings.model_copy(update={"max_in_flight": 1, "max_queued": 3, "warmup": False})
 
-    async def go():
-        app = create_app(s)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
-                params = [{"q": f"is question {n} answerable", "backend": "dense", "latency_budget_ms": 5000}
-                          for n in range(8)]
-                answers = await asyncio.gather(*(client.get("/retrieve", params=p) for p in params))
-                after = await asyncio.gather(*(client.get("/retrieve", params=p) for p in params[:4]))
-        return answers, after
+    async def then(client, params):
+        return await asyncio.gather(*(client.get("/retrieve", params=p) for p in params[:4]))
 
-    answers, after = asyncio.run(go())
+    answers, after = burst(s, 8, then)
     codes = [r.status_code for r in answers]
     assert codes.count(200) == 4 and codes.count(429) == 4, codes
     refusal = next(r for r in answers if r.status_code == 429)
