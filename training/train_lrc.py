@@ -16,7 +16,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -135,7 +135,7 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
             "student_ppl": round(perplexity(student, tok, ppl_texts), 2),
             "teacher_ppl": round(perplexity(teacher, tok, ppl_texts), 2),
             "first_losses": state["history"][:1], "last_losses": state["history"][-10:],
-            **config_values(LRCConfig, argparse.Namespace(**cfg.__dict__))}
+            **asdict(cfg)}
     if from_scratch:
         (out / "model").mkdir(parents=True, exist_ok=True)
         student.save_pretrained(out / "model")
@@ -146,18 +146,21 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
     return meta
 
 
+CLONE_OPTIONS = tuple(f for f in LRCConfig.__dataclass_fields__ if f != "keep")  # keep: a list, set in code
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("artifacts/v1/lrc"))
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--lm", default=None, help="the teacher: a local HF causal-LM directory (default: the served LM)")
     p.add_argument("--from-scratch", action="store_true", help="the baseline: random init, KL only")
-    add_config_args(p, LRCConfig, tuple(f for f in LRCConfig.__dataclass_fields__ if f != "keep"))
+    add_config_args(p, LRCConfig, CLONE_OPTIONS)
     add_config_args(p, DistilConfig)
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
-    cfg = LRCConfig(**config_values(LRCConfig, a, tuple(f for f in LRCConfig.__dataclass_fields__ if f != "keep")))
+    cfg = LRCConfig(**config_values(LRCConfig, a, CLONE_OPTIONS))
     meta = distil(a.out, cfg, DistilConfig(**config_values(DistilConfig, a)), a.lm, a.data, a.from_scratch)
     print(json.dumps({k: v for k, v in meta.items() if k not in ("first_losses", "last_losses")}, indent=2))
     return meta
