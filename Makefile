@@ -7,7 +7,7 @@ ART     ?= artifacts/v1
 # passed on only when given (CI: DOCID_EPOCHS=15); ML1M_EPOCHS likewise for SASRec on MovieLens-1M.
 EPOCHS   = $(if $(1),--epochs $(1))
 
-.PHONY: install data lm artifacts agent gems ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
+.PHONY: install data lm artifacts agent gems gems-student ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
         loadtest lint clean serve-ray
 
 $(BIN)/.installed: pyproject.toml
@@ -59,6 +59,18 @@ $(ART)/gems/meta.json:
 
 gems: artifacts
 	$(MAKE) --no-print-directory $(ART)/gems/meta.json
+
+# the GEMS model's Low-Rank Clone student (served under budgets the teacher does not fit), the same student from
+# scratch, and the table + budget sweep of README "Low-Rank Clone of the GEMS model"
+$(ART)/gems/student/meta.json: $(ART)/gems/meta.json
+	$(BIN)/python -m training.train_lrc --gems $(ART)/gems
+
+$(ART)/gems/student-scratch/meta.json: $(ART)/gems/meta.json
+	$(BIN)/python -m training.train_lrc --gems $(ART)/gems --from-scratch --lr 1e-3
+
+gems-student: gems
+	$(MAKE) --no-print-directory $(ART)/gems/student/meta.json $(ART)/gems/student-scratch/meta.json
+	$(BIN)/python -m training.eval.gems_student --gems $(ART)/gems --artifacts $(ART)
 
 # MovieLens-1M, a second recommendation set: `make artifacts` builds its baselines (popularity, cooc, co-occurrence
 # counts) under artifacts/ml1m; SASRec (TrainConfig + the ml1m preset, ~40 min on 2 cores) on demand

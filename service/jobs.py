@@ -51,7 +51,8 @@ class Job:
     steps: tuple[tuple[tuple[str, ...], str | None], ...]  # (argv after {python}, creates)
 
 
-# cheapest first (measured on the 2-core machine: SASRec ~8 min, DiffuGR ~15 min, the agent ~30 min, GEMS ~1 h)
+# cheapest first (measured on the 2-core machine: SASRec ~8 min, DiffuGR ~15 min, the agent ~30 min, GEMS ~1 h and
+# its student ~30 min)
 JOBS: dict[str, Job] = {
     "sasrec": Job("sasrec", ("recommend/sasrec",), (
         (("-m", "training.train_sasrec", "--data", "{data}/ml100k", "--out", "{stage}/recommend/sasrec",
@@ -68,7 +69,10 @@ JOBS: dict[str, Job] = {
         (("-m", "training.train_gems", "--variants", "gems", "--data", "{data}", "--artifacts", "{stage}",
           "--out", "{stage}/gems", "--results", "{stage}/gems-results", "--threads", "{threads}"), "gems"),
         # the form a vLLM server loads (compose's gpu profile serves it): base + item tokens beside the adapters
-        (("-m", "training.export_vllm", "--checkpoint", "{stage}/gems", "--threads", "{threads}"), "gems/vllm-base"))),
+        (("-m", "training.export_vllm", "--checkpoint", "{stage}/gems", "--threads", "{threads}"), "gems/vllm-base"),
+        # its Low-Rank Clone student, served when a request's budget is under the teacher's cost
+        (("-m", "training.train_lrc", "--gems", "{stage}/gems", "--data", "{data}", "--threads", "{threads}"),
+         "gems/student"))),
 }
 
 # tqdm's bar: "desc:  12%|#2   | 10/80 [00:40<04:40, 4.00s/it, loss=...]"

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from indexing.data import load_multihop
 from models.artifacts import write_meta
-from models.causal_lm import load_causal_lm
+from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
 from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
@@ -117,7 +117,7 @@ def token_nll(model, batch: list[tuple[list[int], list[int]]]) -> tuple[torch.Te
     tgt = torch.zeros_like(ids)
     for n, (i, t) in enumerate(batch):
         ids[n, :len(i)], att[n, :len(i)], tgt[n, :len(t)] = torch.tensor(i), 1, torch.tensor(t)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=device.type == "cpu"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=device.type == "cpu" and fast_dtype() == torch.bfloat16):
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
     nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
     mask = tgt[:, 1:].float()
@@ -221,7 +221,7 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
         temperature=temperature)
     compact = SearchAgent(model, tok, retriever, data, agent_cfg(False, 0.0)).prompt_prefix
     for r in range(1, cfg.rounds + 1):
-        sampler = copy.deepcopy(model).to(torch.bfloat16).eval()  # generation copy: bf16 is ~2x faster here
+        sampler = copy.deepcopy(model).to(fast_dtype()).eval()  # generation copy: bf16 where it is native (~2x)
         agent = SearchAgent(sampler, tok, retriever, data, agent_cfg(r == 1, cfg.temperature))
         t0 = time.perf_counter()
         samples = e_step(agent, random.sample(train_q, min(cfg.questions, len(train_q))), cfg, compact)

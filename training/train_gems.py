@@ -48,7 +48,7 @@ from indexing.data import general_texts, load_recsys
 from indexing.docids import atomic_ids, build_docids
 from models.artifacts import read_meta, write_meta
 from models.backend import Request
-from models.causal_lm import load_causal_lm, perplexity
+from models.causal_lm import fast_dtype, load_causal_lm, perplexity
 from models.docids import DocIDs
 from models.gems import subspaces as gems
 from models.gems.item_ids import (
@@ -66,6 +66,7 @@ from training.common import add_config_args, add_threads_arg, config_from_args, 
 from training.eval.metrics import single_target
 
 TASKS = ("search", "recommend")
+BF16 = fast_dtype() == torch.bfloat16  # autocast the blocks only where the CPU has native bf16 (8x slower without)
 VARIANTS = {"joint": dict(variant="joint", null_space=False), "single": dict(variant="single", null_space=False),
             "gems-nonull": dict(variant="gems", form="grad", null_space=False),
             "gems": dict(variant="gems", form="grad", null_space=True),
@@ -194,7 +195,7 @@ class Encoded:
             for r, i in enumerate(idx):
                 ids[r, :len(self.ids[i])] = torch.tensor(self.ids[i])
             pos = torch.arange(width)[None].expand(len(idx), -1)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
                 h = lm.embed_tokens(ids)
                 pe = lm.rotary_emb(h, position_ids=pos)
                 for layer in lm.layers[:n_lower]:
@@ -212,7 +213,7 @@ def top_states(model, enc: Encoded, idx: list[int], n_lower: int) -> tuple[torch
     for r, i in enumerate(idx):
         h[r, :len(enc.ids[i])] = enc.states[i].float()
     pos = torch.arange(width)[None].expand(len(idx), -1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
         pe = lm.rotary_emb(h, position_ids=pos)
         for layer in lm.layers[n_lower:]:
             h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)

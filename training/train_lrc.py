@@ -1,14 +1,25 @@
 """Distil the served LM into a small student by Low-Rank Clone (models/lrc.py), and the same student architecture
 from scratch with the plain KD loss (the baseline: what cloning buys at the same tokens).
 
-    python -m training.train_lrc --out artifacts/v1/lrc                     # LRC student (hidden 192, every 2nd block)
+    python -m training.train_lrc --out artifacts/v1/lrc                     # LRC student (hidden 180, every 2nd block)
     python -m training.train_lrc --out artifacts/v1/lrc-scratch --from-scratch
+    python -m training.train_lrc --gems artifacts/v1/gems                   # the served GEMS model -> <gems>/student
+    python -m training.train_lrc --gems artifacts/v1/gems --from-scratch    # -> <gems>/student-scratch
 
 Texts: general-domain sentences (StrategyQA's evidence facts; the perplexity half of training.train_gems is held
 out). Resumes from <out>/last/ (projections or student weights, optimiser, step). At the end: the merged student as
 a standard HF checkpoint under <out>/model (loadable by AutoModelForCausalLM and vLLM), meta.json with the
-distillation tokens, and the held-out perplexity of teacher and student. Not yet: distilling the GEMS model (its
-adapters and item head) and serving the student under tight budgets (issue #18).
+distillation tokens, and the held-out perplexity of teacher and student.
+
+With `--gems DIR` the teacher is the served GEMS model (training.train_gems: item tokens, task adapters, item head)
+and one student learns both tasks: its weights are generated from the teacher with the two tasks' updates merged
+(their mean; models.gems.subspaces.merged_copy), while each batch's targets come from the teacher with that batch's
+task adapter set. Every step distils three batches: recommendation windows (KL of the item distributions at every
+position that predicts an item, as GEMS trains), personalised-search cases (KL at the item position), and
+general-domain text (KL of the text distributions), plus the clone loss on all three. The item head is cloned like
+the output head (models.lrc `heads`). The student (an HF checkpoint with the item tokens, and heads.safetensors with
+the item head) goes to <DIR>/student/model, where the GEMS backend finds it and serves it under budgets the teacher
+does not fit (models.gems.backend).
 """
 from __future__ import annotations
 
@@ -20,13 +31,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from indexing.data import general_texts
 from models.artifacts import write_meta
 from models.causal_lm import load_causal_lm, perplexity
-from models.lrc import LowRankClone, LRCConfig, export, parameter_count, residual_basis, student_config
+from models.lrc import (
+    LowRankClone,
+    LRCConfig,
+    distillation_kl,
+    export,
+    parameter_count,
+    residual_basis,
+    student_config,
+)
 from training.common import add_config_args, add_threads_arg, config_values, set_threads
 
 
@@ -56,9 +74,10 @@ def batches(tok, texts: list[str], size: int, max_len: int, seed: int):
 
 
 class Scratch(torch.nn.Module):
-    """The baseline: the student's architecture, randomly initialised, all weights trained on KL to the teacher."""
+    """The baseline: the student's architecture, randomly initialised, all weights trained on KL to the teacher
+    (extra heads, N rows each, random too)."""
 
-    def __init__(self, teacher, cfg: LRCConfig, seed: int):
+    def __init__(self, teacher, cfg: LRCConfig, seed: int, heads: dict[str, int] | None = None):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
@@ -67,29 +86,44 @@ class Scratch(torch.nn.Module):
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.student = AutoModelForCausalLM.from_config(student_config(teacher.config, cfg))
+        self.extra = torch.nn.ParameterDict({name: torch.nn.Parameter(torch.randn(n, cfg.hidden) / cfg.hidden ** 0.5)
+                                             for name, n in (heads or {}).items()})
+        self.heads = dict(self.extra)
 
-    def losses(self, input_ids, attention_mask) -> dict[str, torch.Tensor]:
+    def head_weights(self) -> dict[str, torch.Tensor]:
+        return dict(self.extra)
+
+    def hidden_pair(self, input_ids, attention_mask, target=None):
+        """As LowRankClone.hidden_pair, without a clone loss (nothing to clone from)."""
+        target = self.teacher if target is None else target
+        with torch.no_grad():
+            h_t = target.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        h_s = self.student.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return h_t, h_s, torch.zeros(())
+
+    def losses(self, input_ids, attention_mask, target=None, vocab: int | None = None) -> dict[str, torch.Tensor]:
+        h_t, h_s, _ = self.hidden_pair(input_ids, attention_mask, target)
         mask = attention_mask.bool()
         with torch.no_grad():
-            t = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
-        s = self.student(input_ids=input_ids, attention_mask=attention_mask).logits
-        T = self.cfg.temperature
-        kl = F.kl_div(F.log_softmax(s[mask].float() / T, -1), F.log_softmax(t[mask].float() / T, -1),
-                      log_target=True, reduction="batchmean") * T * T
+            t = (self.teacher if target is None else target).get_output_embeddings()(h_t[mask])[:, :vocab]
+        s = self.student.get_output_embeddings()(h_s[mask])[:, :vocab]
+        kl = distillation_kl(s, t, self.cfg.temperature)
         return {"kl": kl, "clone": torch.zeros(()), "total": kl}
 
     def trainable(self):
-        return list(self.student.parameters())
+        return list(self.student.parameters()) + list(self.extra.parameters())
 
     def merge(self):
         return self.student.eval()
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.student.state_dict(), directory / "student.pt")
+        torch.save({"student": self.student.state_dict(), "extra": self.extra.state_dict()}, directory / "student.pt")
 
     def load(self, directory: Path) -> None:
-        self.student.load_state_dict(torch.load(directory / "student.pt"))
+        state = torch.load(directory / "student.pt")
+        self.student.load_state_dict(state["student"])
+        self.extra.load_state_dict(state["extra"])
 
 
 def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_dir: Path, from_scratch: bool) -> dict:
@@ -146,22 +180,148 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
     return meta
 
 
+# ------------------------------------------------------------------ the GEMS model as the teacher
+def padded(enc, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and attention mask of the sequences idx of a training.train_gems.Encoded, and the
+    (row, column, level) of every position that predicts an item token."""
+    width = max(len(enc.ids[i]) for i in idx)
+    ids = torch.zeros(len(idx), width, dtype=torch.long)
+    att = torch.zeros(len(idx), width, dtype=torch.long)
+    for r, i in enumerate(idx):
+        ids[r, :len(enc.ids[i])] = torch.tensor(enc.ids[i])
+        att[r, :len(enc.ids[i])] = 1
+    rows = torch.tensor([r for r, i in enumerate(idx) for _ in enc.pred_pos[i]])
+    cols = torch.tensor([c for i in idx for c in enc.pred_pos[i]])
+    levels = torch.tensor([lv for i in idx for lv in enc.levels[i]])
+    return ids, att, rows, cols, levels
+
+
+def index_stream(n: int, size: int, seed: int):
+    """Endless shuffled batches of indices 0..n-1."""
+    rng = random.Random(seed)
+    order = list(range(n))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, n - size + 1, size):
+            yield order[i:i + size]
+
+
+def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, data_dir: Path,
+                from_scratch: bool) -> dict:
+    """One student for both tasks of the served GEMS model (see the module doc); <out>/model + meta.json."""
+    from safetensors.torch import save_file
+
+    from indexing.data import load_recsys
+    from models.gems import subspaces as gems
+    from models.gems.backend import GEMSModel
+    from training.train_gems import TASKS, Encoded, TrainConfig, examples, item_logits, recommend_windows
+
+    served = GEMSModel(gems_dir, dtype=torch.float32)
+    target, tok, vocab, item_head = served.model, served.tok, served.vocab, served.item_head.float()
+    teacher = gems.merged_copy(target, TASKS)  # the weights the student is generated from
+    gcfg = TrainConfig(history=served.history, search_history=served.search_history)
+    data = load_recsys(data_dir / "ml100k")
+    train = examples(data, vocab, "train", gcfg.search_examples, gcfg, gcfg.seed)  # GEMS's own search cases
+    enc = {"search": Encoded(tok, vocab, train["search"]),
+           "recommend": Encoded(tok, vocab, sequences=recommend_windows(data, vocab, gcfg.history))}
+    texts, _ = general_texts(data_dir, run.train_texts)
+    text_stream = batches(tok, texts, run.batch_size, run.max_len, run.seed)
+    streams = {t: index_stream(len(enc[t].ids), run.batch_size, run.seed + n) for n, t in enumerate(TASKS)}
+    if from_scratch:
+        model = Scratch(teacher, cfg, run.seed, heads={"item": item_head.shape[0]})
+    else:
+        basis_batches = [tok(texts[i:i + 16], return_tensors="pt", padding=True, truncation=True,
+                             max_length=run.max_len) for i in range(0, run.basis_texts, 16)]
+        basis_batches += [dict(zip(("input_ids", "attention_mask"), padded(enc[t], list(range(8)))[:2]))
+                          for t in TASKS]  # the residual stream of GEMS prompts too
+        model = LowRankClone(teacher, cfg, residual_basis(teacher, basis_batches, cfg.hidden), {"item": item_head})
+    opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    last, state = out / "last", {"step": 0, "tokens": 0, "history": []}
+    if (last / "state.json").exists():
+        model.load(last)
+        opt.load_state_dict(torch.load(last / "optim.pt"))
+        state = json.loads((last / "state.json").read_text())
+        for _ in range(state["step"]):  # the same batches as an uninterrupted run
+            next(text_stream), next(streams["search"]), next(streams["recommend"])
+        print(f"resumed after step {state['step']}")
+    t0 = time.perf_counter()
+    bar = tqdm(range(state["step"], run.steps), desc="gems " + ("scratch" if from_scratch else "lrc"),
+               initial=state["step"], total=run.steps)
+    for step in bar:
+        losses, tokens = {}, 0
+        for t in TASKS:  # the item distributions at every item-predicting position, the task's adapter set
+            ids, att, rows, cols, levels = padded(enc[t], next(streams[t]))
+            gems.set_task(target, t)
+            h_t, h_s, clone = model.hidden_pair(ids, att, target)
+            with torch.no_grad():
+                t_logits = item_logits(h_t[rows, cols].float(), levels, item_head, vocab)
+            s_logits = item_logits(h_s[rows, cols].float(), levels, model.head_weights()["item"], vocab)
+            losses[t] = distillation_kl(s_logits, t_logits, cfg.temperature)
+            losses[f"clone_{t}"] = clone
+            tokens += int(att.sum())
+        b = next(text_stream)  # general-domain text: the text distributions (the merged weights' own)
+        text = model.losses(b["input_ids"], b["attention_mask"], vocab=vocab.first_token)
+        losses["text"], losses["clone_text"] = text["kl"], text["clone"]
+        tokens += int(b["attention_mask"].sum())
+        kl = (losses["search"] + losses["recommend"] + losses["text"]) / 3
+        clone = (losses["clone_search"] + losses["clone_recommend"] + losses["clone_text"]) / 3
+        total = cfg.kl_weight * kl + cfg.clone_weight * clone
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        state["step"], state["tokens"] = step + 1, state["tokens"] + tokens
+        state["history"].append({k: round(float(v.detach()), 4) for k, v in losses.items()})
+        bar.set_postfix(rec=f"{losses['recommend'].item():.3f}", search=f"{losses['search'].item():.3f}",
+                        text=f"{losses['text'].item():.3f}", clone=f"{clone.item():.3f}")
+        if state["step"] % run.save_every == 0 or state["step"] == run.steps:
+            model.save(last)
+            torch.save(opt.state_dict(), last / "optim.pt")
+            (last / "state.json").write_text(json.dumps(state))
+    gems.set_task(target, None)
+    student = model.merge()
+    directory = out / "model"
+    meta = {"distillation_tokens": state["tokens"], "teacher": str(gems_dir)}
+    if from_scratch:
+        directory.mkdir(parents=True, exist_ok=True)
+        student.save_pretrained(directory)
+        tok.save_pretrained(directory)
+        save_file({k: v.detach().contiguous() for k, v in model.head_weights().items()},
+                  str(directory / "heads.safetensors"))
+    else:
+        export(model, tok, directory, meta)
+    meta = {"kind": "gems-student", "method": "from scratch (KD)" if from_scratch else "Low-Rank Clone",
+            **meta, "steps": state["step"], "train_s": round(time.perf_counter() - t0, 1),
+            "params": parameter_count(student) + item_head.shape[0] * cfg.hidden,
+            "teacher_params": parameter_count(teacher) + item_head.numel(),
+            "first_losses": state["history"][:1], "last_losses": state["history"][-10:], **asdict(cfg)}
+    write_meta(out, **meta, lm="model")
+    return meta
+
+
 CLONE_OPTIONS = tuple(f for f in LRCConfig.__dataclass_fields__ if f != "keep")  # keep: a list, set in code
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("artifacts/v1/lrc"))
+    p.add_argument("--out", type=Path, default=None, help="default artifacts/v1/lrc (with --gems: see --gems)")
     p.add_argument("--data", type=Path, default=Path("data"))
     p.add_argument("--lm", default=None, help="the teacher: a local HF causal-LM directory (default: the served LM)")
     p.add_argument("--from-scratch", action="store_true", help="the baseline: random init, KL only")
+    p.add_argument("--gems", type=Path, default=None,
+                   help="distil the served GEMS checkpoint at this directory (default --out: <DIR>/student, "
+                        "<DIR>/student-scratch with --from-scratch)")
     add_config_args(p, LRCConfig, CLONE_OPTIONS)
     add_config_args(p, DistilConfig)
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
     cfg = LRCConfig(**config_values(LRCConfig, a, CLONE_OPTIONS))
-    meta = distil(a.out, cfg, DistilConfig(**config_values(DistilConfig, a)), a.lm, a.data, a.from_scratch)
+    run = DistilConfig(**config_values(DistilConfig, a))
+    if a.gems is not None:
+        out = a.out or a.gems / ("student-scratch" if a.from_scratch else "student")
+        meta = distil_gems(out, cfg, run, a.gems, a.data, a.from_scratch)
+    else:
+        meta = distil(a.out or Path("artifacts/v1/lrc"), cfg, run, a.lm, a.data, a.from_scratch)
     print(json.dumps({k: v for k, v in meta.items() if k not in ("first_losses", "last_losses")}, indent=2))
     return meta
 

@@ -391,8 +391,8 @@ def load_trained(agent_dir: Path):
     """The EM-trained agent that training.train_exsearch saved in agent_dir: (model, tokenizer, AgentConfig, meta),
     the LM of its last round (meta["model"]) and the loop settings it was trained with, without the worked example."""
     from models.artifacts import read_meta
-    from models.causal_lm import load_causal_lm
+    from models.causal_lm import fast_dtype, load_causal_lm
 
     meta = read_meta(agent_dir)
-    model, tok = load_causal_lm(Path(agent_dir) / meta["model"], dtype=torch.bfloat16)
+    model, tok = load_causal_lm(Path(agent_dir) / meta["model"], dtype=fast_dtype())
     return model, tok, AgentConfig(max_hops=meta.get("max_hops", 3), k=meta.get("k", 3), few_shot=False), meta

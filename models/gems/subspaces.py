@@ -184,6 +184,24 @@ def set_task(model, task: str | None) -> None:
         m.task = task
 
 
+@torch.no_grad()
+def merged_copy(model, tasks: tuple[str, ...] | list[str]):
+    """A plain copy of the adapted model: every adapted layer an nn.Linear holding W + the mean over `tasks` of the
+    task's update (D_shared + D_task). With one task that is the task's served model, exactly; with all tasks, the
+    one set of weights a single student (models.lrc) is generated from."""
+    import copy
+
+    out = copy.deepcopy(model)
+    for name, m in modules(out).items():
+        lin = nn.Linear(m.base.in_features, m.base.out_features, bias=m.base.bias is not None)
+        lin.weight.copy_(m.base.weight.float() + sum(m.delta_weight(t).float() for t in tasks) / len(tasks))
+        if m.base.bias is not None:
+            lin.bias.copy_(m.base.bias)
+        parent, child = name.rsplit(".", 1)
+        setattr(out.get_submodule(parent), child, lin.to(m.base.weight.dtype))
+    return out
+
+
 def parameters(model, subspace: str) -> list[nn.Parameter]:
     return [p for m in modules(model).values() if subspace in m.A
             for p in ((m.D[subspace],) if isinstance(m, GradSubspaceLinear) else (m.A[subspace], m.B[subspace]))]

@@ -344,3 +344,43 @@ def test_vllm_export_scores_items_like_the_cpu_path(tiny_gems_artifacts):
         ours = torch.log_softmax(h @ served.item_head[:V].T, -1)
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
     assert ours.argmax() == theirs.argmax()
+
+
+# ---------------------------------------------------------------- a Low-Rank Clone student beside the teacher (#18)
+def test_a_cloned_student_answers_under_a_budget_between_the_two_costs(tiny_gems_artifacts):
+    """A short real distillation (training.train_lrc --gems) into <gems>/student; the backend then holds teacher and
+    student, measures both, and plan() picks the largest model that fits: the teacher when both fit, the student
+    under a budget between their costs (the response's config says so), nothing (the gateway's fallback) below."""
+    from models.backend import Request
+    from models.gems.backend import GEMSBackend, GEMSModel
+    from models.lrc import LRCConfig
+    from training.train_lrc import DistilConfig, distil_gems
+
+    root, _ = tiny_gems_artifacts
+    run = DistilConfig(steps=3, batch_size=4, basis_texts=16, train_texts=64, save_every=3)
+    meta = distil_gems(root / "gems" / "student", LRCConfig(), run, root / "gems", ROOT / "data", from_scratch=False)
+    assert meta["distillation_tokens"] > 0 and meta["steps"] == 3
+    assert meta["params"] < meta["teacher_params"] / 3
+    assert (root / "gems" / "student" / "model" / "heads.safetensors").exists()
+    shared = GEMSModel(root / "gems")
+    assert shared.sizes == ("teacher", "student")
+    backend = GEMSBackend(shared, "recommend")
+    history = ["1", "2", "3", "4"]
+    backend.warm_up(Request("recommend", history=history, k=5))
+    assert {s for s, _ in backend.cost_ms} == {"teacher", "student"}
+    teacher = min(ms for (s, _), ms in backend.cost_ms.items() if s == "teacher")
+    student = max(ms for (s, _), ms in backend.cost_ms.items() if s == "student")
+    assert student < teacher, backend.cost_ms  # 15 blocks of width 180 against 30 of 576
+
+    between = Request("recommend", history=history, k=5)
+    assert backend.plan(between, (student + teacher) / 2) and between.options["model"] == "student"
+    answer = backend.answer([between])[0]
+    assert answer.config["model"] == "student" and len(answer.hits) == 5
+    assert all(h.id in shared.vocab.row and h.id not in history for h in answer.hits)
+
+    roomy = Request("recommend", history=history, k=5)
+    assert backend.plan(roomy, 10 * max(backend.cost_ms.values()))
+    assert roomy.options == {"model": "teacher", "beam": 20}  # the largest model, then the widest beam
+    assert backend.answer([roomy])[0].config["model"] == "teacher"
+    tight = Request("recommend", history=history, k=5)
+    assert not backend.plan(tight, min(backend.cost_ms.values()) / 2)

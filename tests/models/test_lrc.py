@@ -69,6 +69,34 @@ def test_merged_student_equals_the_unmerged_one_and_exports_to_transformers(lm, 
     assert parameter_count(loaded) < parameter_count(model) / 3
 
 
+def test_an_extra_head_is_cloned_and_exported_with_the_same_scores(lm, basis, tmp_path):
+    """GEMS's item head rides along: the exported heads.safetensors against the exported model's final states
+    scores what the unmerged student does, and a full-width clone scores what the teacher's head does."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model, tok = lm
+    head = torch.randn(40, model.config.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.05
+    e = enc(tok, HELD_OUT)
+    full = LowRankClone(model, LRCConfig(hidden=model.config.hidden_size, every=1), basis, {"item": head})
+    with torch.no_grad():
+        h_t, h_s, clone_loss = full.hidden_pair(e["input_ids"], e["attention_mask"])
+        mask = e["attention_mask"].bool()
+        teacher_scores = h_t[mask] @ head.T
+        assert torch.allclose(h_s[mask] @ full.head_weights()["item"].T, teacher_scores, atol=1e-2, rtol=1e-3)
+    clone = LowRankClone(model, LRCConfig(hidden=180, every=3), basis[:, :180].contiguous(), {"item": head})
+    with torch.no_grad():
+        for p in clone.trainable():
+            p.add_(torch.randn_like(p) * 0.01)
+        _, h_s, _ = clone.hidden_pair(e["input_ids"], e["attention_mask"])
+        unmerged = h_s[mask] @ clone.head_weights()["item"].T
+    out = export(clone, tok, tmp_path / "student")
+    loaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    with torch.no_grad():
+        states = loaded.model(**e).last_hidden_state[mask]
+    assert torch.allclose(states @ load_file(str(out / "heads.safetensors"))["item"].T, unmerged, atol=1e-4)
+
+
 def test_the_svd_basis_starts_closer_to_the_teacher_than_a_random_one(lm, basis):
     model, tok = lm
     cfg = LRCConfig(hidden=180, every=1)

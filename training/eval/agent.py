@@ -23,13 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from indexing.data import load_multihop
 from models.artifacts import read_meta
 from models.backend import Request
-from models.causal_lm import load_causal_lm
+from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
 from training.common import add_threads_arg, set_threads
@@ -82,7 +81,7 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
     rows.append(single_shot(f"BM25 top-{K_EVIDENCE} of the question", retriever, questions))
     if dense is not None:
         rows.append(single_shot(f"dense top-{K_EVIDENCE} of the question", dense, questions))
-    model, tok = load_causal_lm(lm, dtype=torch.bfloat16)
+    model, tok = load_causal_lm(lm, dtype=fast_dtype())
     base = SearchAgent(model, tok, retriever, data, AgentConfig(max_hops=max_hops, k=k, few_shot=True))
     preds, ms = zip(*[base.closed_book_answer(q["question"]) for q in tqdm(questions, desc="no retrieval")])
     rows.append(summarise("no retrieval", list(preds), golds, [0] * len(golds), list(ms)))
@@ -95,7 +94,7 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
     rounds = sorted(agent_dir.glob("round-*"), key=lambda p: int(p.name.split("-")[1])) if agent_dir.exists() else []
     meta = read_meta(agent_dir) if (agent_dir / "meta.json").exists() else {}
     for path in rounds:
-        model, tok = load_causal_lm(path, dtype=torch.bfloat16)
+        model, tok = load_causal_lm(path, dtype=fast_dtype())
         cfg = AgentConfig(max_hops=max_hops, k=meta.get("k", k), few_shot=False)
         rows.append(run_loop(f"loop after EM {path.name}", SearchAgent(model, tok, retriever, data, cfg), questions))
     return rows

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from indexing.data import load_multihop
-from models.causal_lm import load_causal_lm
+from models.causal_lm import fast_dtype, load_causal_lm
 from models.registry import load_backend
 from training.common import add_threads_arg, set_threads
 from training.eval.metrics import exact_match
@@ -90,7 +90,7 @@ def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, ca
     shot_ids = {id(q) for q in shots}
     calib = [q for q in train if id(q) not in shot_ids]
     calib = rng.sample(calib, min(calibrate, len(calib)))
-    model, tok = load_causal_lm(lm, dtype=torch.bfloat16)
+    model, tok = load_causal_lm(lm, dtype=fast_dtype())
     bm25 = load_backend(artifacts, "retrieve", "bm25")
     majority = max(("yes", "no"), key=lambda a: sum(q["answer"] == a for q in train))
     rows = [{"lm": Path(lm).name if lm else "smollm2-135m-instruct", "context": "majority class", "n": len(test),
