@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,6 +50,31 @@ def remove_path(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+@contextmanager
+def atomic_dir(directory: Path):
+    """Write a directory whole or not at all (a resumable checkpoint): yields an empty sibling <dir>.tmp to write
+    into; on leaving, the previous directory is renamed to <dir>.old, the new one into place, and the old one removed.
+    A process killed mid-write leaves the previous complete directory (or, between the two renames, <dir>.old, which
+    `complete_dir` returns)."""
+    directory = Path(directory)
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    remove_path(tmp)
+    tmp.mkdir(parents=True)
+    yield tmp
+    remove_path(old)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    remove_path(old)
+
+
+def complete_dir(directory: Path) -> Path:
+    """The last complete write of an `atomic_dir` directory (itself, or <dir>.old after a crash between renames)."""
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    return old if not directory.exists() and old.exists() else directory
 
 
 def served_version(artifacts_dir: Path) -> Path:

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from indexing.data import general_texts
-from models.artifacts import write_meta
+from models.artifacts import atomic_dir, complete_dir, write_meta
 from models.causal_lm import load_causal_lm, perplexity
 from models.lrc import (
     LowRankClone,
@@ -138,7 +138,7 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
                              max_length=run.max_len) for i in range(0, run.basis_texts, 16)]
         model = LowRankClone(teacher, cfg, residual_basis(teacher, basis_batches, cfg.hidden))
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    last, state = out / "last", {"step": 0, "tokens": 0, "history": []}
+    last, state = complete_dir(out / "last"), {"step": 0, "tokens": 0, "history": []}
     if (last / "state.json").exists():
         model.load(last)
         opt.load_state_dict(torch.load(last / "optim.pt"))
@@ -158,9 +158,10 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
         state["history"].append({k: round(v.item(), 4) for k, v in losses.items()})
         bar.set_postfix(kl=f"{losses['kl'].item():.3f}", clone=f"{losses['clone'].item():.3f}")
         if state["step"] % run.save_every == 0 or state["step"] == run.steps:
-            model.save(last)
-            torch.save(opt.state_dict(), last / "optim.pt")
-            (last / "state.json").write_text(json.dumps(state))
+            with atomic_dir(out / "last") as tmp:  # whole or not at all: a kill mid-save keeps the previous one
+                model.save(tmp)
+                torch.save(opt.state_dict(), tmp / "optim.pt")
+                (tmp / "state.json").write_text(json.dumps(state))
     student = model.merge()
     meta = {"method": "from scratch (KD)" if from_scratch else "Low-Rank Clone", "teacher": str(lm or "default"),
             "distillation_tokens": state["tokens"], "steps": state["step"], "train_texts": run.train_texts,
@@ -236,7 +237,7 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
                           for t in TASKS]  # the residual stream of GEMS prompts too
         model = LowRankClone(teacher, cfg, residual_basis(teacher, basis_batches, cfg.hidden), {"item": item_head})
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    last, state = out / "last", {"step": 0, "tokens": 0, "history": []}
+    last, state = complete_dir(out / "last"), {"step": 0, "tokens": 0, "history": []}
     if (last / "state.json").exists():
         model.load(last)
         opt.load_state_dict(torch.load(last / "optim.pt"))
@@ -274,9 +275,10 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
         bar.set_postfix(rec=f"{losses['recommend'].item():.3f}", search=f"{losses['search'].item():.3f}",
                         text=f"{losses['text'].item():.3f}", clone=f"{clone.item():.3f}")
         if state["step"] % run.save_every == 0 or state["step"] == run.steps:
-            model.save(last)
-            torch.save(opt.state_dict(), last / "optim.pt")
-            (last / "state.json").write_text(json.dumps(state))
+            with atomic_dir(out / "last") as tmp:  # whole or not at all: a kill mid-save keeps the previous one
+                model.save(tmp)
+                torch.save(opt.state_dict(), tmp / "optim.pt")
+                (tmp / "state.json").write_text(json.dumps(state))
     gems.set_task(target, None)
     student = model.merge()
     directory = out / "model"

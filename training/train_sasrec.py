@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from indexing.data.recsys import RECSYS_SETS, load_recsys, recsys_artifacts
-from models.artifacts import write_meta
+from models.artifacts import atomic_dir, complete_dir, write_meta
 from models.backend import Request
 from models.sasrec.model import SASRec, SASRecBackend, SASRecConfig, pad_left, training_windows
 from training.common import add_config_args, add_threads_arg, close_epoch, config_from_args, optimiser_step, set_threads
@@ -75,7 +75,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig | None = None, *, max_user
     model = SASRec(SASRecConfig(n_items=len(ids), max_len=max_len, d_model=cfg.d_model, n_layers=cfg.n_layers))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     state = {"epoch": 0, "best_hr10": -1.0, "best_epoch": 0, "history": []}
-    last = out / "last"
+    last = complete_dir(out / "last")  # written whole or not at all (atomic_dir): a kill mid-save loses one epoch
     if (last / "model.safetensors").exists():  # resume
         model, _ = SASRec.from_dir(last)
         opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -107,8 +107,9 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig | None = None, *, max_user
                 state["best_hr10"], state["best_epoch"] = hr, epoch + 1
                 model.save(out, ids)
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", valid_hr10=f"{hr:.4f}", best=f"{state['best_hr10']:.4f}")
-            model.save(last, ids, extra=state)
-            torch.save(opt.state_dict(), last / "optim.pt")
+            with atomic_dir(out / "last") as tmp:
+                model.save(tmp, ids, extra=state)
+                torch.save(opt.state_dict(), tmp / "optim.pt")
             if epoch + 1 - state["best_epoch"] >= cfg.patience * eval_every:
                 print(f"early stop at epoch {epoch + 1}")
                 break
