@@ -14,12 +14,12 @@ distillation tokens, and the held-out perplexity of teacher and student.
 With `--gems DIR` the teacher is the served GEMS model (training.train_gems: item tokens, task adapters, item head)
 and one student learns both tasks: its weights are generated from the teacher with the two tasks' updates merged
 (their mean; models.gems.subspaces.merged_copy), while each batch's targets come from the teacher with that batch's
-task adapter set. Every step distils three batches: recommendation windows (KL of the item distributions at every
-position that predicts an item, as GEMS trains), personalised-search cases (KL at the item position), and
-general-domain text (KL of the text distributions), plus the clone loss on all three. The item head is cloned like
-the output head (models.lrc `heads`). The student (an HF checkpoint with the item tokens, and heads.safetensors with
-the item head) goes to <DIR>/student/model, where the GEMS backend finds it and serves it under budgets the teacher
-does not fit (models.gems.backend).
+task adapter set. Every step distils recommendation windows (KL of the item distributions at every position that
+predicts an item, as GEMS trains) and personalised-search cases (KL at the item position), and every
+`gems_text_every`-th step general-domain text (KL of the text distributions), plus the clone loss on each batch. The
+item head is cloned like the output head (models.lrc `heads`). The student (an HF checkpoint with the item tokens,
+and heads.safetensors with the item head) goes to <DIR>/student/model, where the GEMS backend finds it and serves it
+under budgets the teacher does not fit (models.gems.backend).
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ class DistilConfig:
     ppl_texts: int = 300
     save_every: int = 50
     seed: int = 0
+    gems_text_every: int = 2  # --gems: a general-domain text batch every N steps (the item batches every step)
 
 
 def batches(tok, texts: list[str], size: int, max_len: int, seed: int):
@@ -242,8 +243,10 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
         model.load(last)
         opt.load_state_dict(torch.load(last / "optim.pt"))
         state = json.loads((last / "state.json").read_text())
-        for _ in range(state["step"]):  # the same batches as an uninterrupted run
-            next(text_stream), next(streams["search"]), next(streams["recommend"])
+        for step in range(state["step"]):  # the same batches as an uninterrupted run
+            next(streams["search"]), next(streams["recommend"])
+            if step % run.gems_text_every == 0:
+                next(text_stream)
         print(f"resumed after step {state['step']}")
     t0 = time.perf_counter()
     bar = tqdm(range(state["step"], run.steps), desc="gems " + ("scratch" if from_scratch else "lrc"),
@@ -260,12 +263,14 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
             losses[t] = distillation_kl(s_logits, t_logits, cfg.temperature)
             losses[f"clone_{t}"] = clone
             tokens += int(att.sum())
-        b = next(text_stream)  # general-domain text: the text distributions (the merged weights' own)
-        text = model.losses(b["input_ids"], b["attention_mask"], vocab=vocab.first_token)
-        losses["text"], losses["clone_text"] = text["kl"], text["clone"]
-        tokens += int(b["attention_mask"].sum())
-        kl = (losses["search"] + losses["recommend"] + losses["text"]) / 3
-        clone = (losses["clone_search"] + losses["clone_recommend"] + losses["clone_text"]) / 3
+        if step % run.gems_text_every == 0:  # general-domain text: the text distributions (the merged weights')
+            b = next(text_stream)
+            text = model.losses(b["input_ids"], b["attention_mask"], vocab=vocab.first_token)
+            losses["text"], losses["clone_text"] = text["kl"], text["clone"]
+            tokens += int(b["attention_mask"].sum())
+        kls = [v for k, v in losses.items() if not k.startswith("clone")]
+        kl = sum(kls) / len(kls)
+        clone = sum(v for k, v in losses.items() if k.startswith("clone")) / (len(losses) - len(kls))
         total = cfg.kl_weight * kl + cfg.clone_weight * clone
         opt.zero_grad()
         total.backward()
@@ -273,7 +278,7 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
         state["step"], state["tokens"] = step + 1, state["tokens"] + tokens
         state["history"].append({k: round(float(v.detach()), 4) for k, v in losses.items()})
         bar.set_postfix(rec=f"{losses['recommend'].item():.3f}", search=f"{losses['search'].item():.3f}",
-                        text=f"{losses['text'].item():.3f}", clone=f"{clone.item():.3f}")
+                        clone=f"{clone.item():.3f}")
         if state["step"] % run.save_every == 0 or state["step"] == run.steps:
             with atomic_dir(out / "last") as tmp:  # whole or not at all: a kill mid-save keeps the previous one
                 model.save(tmp)
