@@ -216,6 +216,7 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
     from indexing.data import load_recsys
     from models.gems import subspaces as gems
     from models.gems.backend import GEMSModel
+    from models.gems.vllm import export_vllm_base
     from training.train_gems import TASKS, Encoded, TrainConfig, examples, item_logits, recommend_windows
 
     served = GEMSModel(gems_dir, dtype=torch.float32)
@@ -296,6 +297,8 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
                   str(directory / "heads.safetensors"))
     else:
         export(model, tok, directory, meta)
+    # the form vLLM serves (no adapters: one model for both tasks): the item head as lm_head rows
+    export_vllm_base(student, tok, vocab, model.head_weights()["item"].detach(), out / "vllm")
     meta = {"kind": "gems-student", "method": "from scratch (KD)" if from_scratch else "Low-Rank Clone",
             **meta, "steps": state["step"], "train_s": round(time.perf_counter() - t0, 1),
             "params": parameter_count(student) + item_head.shape[0] * cfg.hidden,

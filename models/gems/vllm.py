@@ -27,7 +27,8 @@ from models.gems.item_ids import ItemVocab, decode_items
 
 
 def export_vllm_base(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor, directory: Path) -> Path:
-    """The base LM (no adapters) with item-token embeddings and the item head as lm_head rows, untied."""
+    """The base LM (no adapters) with item-token embeddings and the item head as lm_head rows, untied (the text rows
+    are the model's own output head: the input embedding for a tied teacher, a Low-Rank Clone student's own head)."""
     import copy
 
     from models.gems import subspaces as gems
@@ -39,7 +40,7 @@ def export_vllm_base(model, tokenizer, vocab: ItemVocab, item_head: torch.Tensor
     n = vocab.length * vocab.vocab
     head = torch.nn.Linear(base.config.hidden_size, base.get_input_embeddings().weight.shape[0], bias=False)
     with torch.no_grad():
-        head.weight.copy_(base.get_input_embeddings().weight)
+        head.weight.copy_(base.get_output_embeddings().weight)
         head.weight[vocab.first_token:vocab.first_token + n] = item_head.to(head.weight.dtype)
     base.lm_head = head
     base.config.tie_word_embeddings = False

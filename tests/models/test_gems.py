@@ -362,7 +362,19 @@ def test_a_cloned_student_answers_under_a_budget_between_the_two_costs(tiny_gems
     assert meta["distillation_tokens"] > 0 and meta["steps"] == 3
     assert meta["params"] < meta["teacher_params"] / 3
     assert (root / "gems" / "student" / "model" / "heads.safetensors").exists()
-    shared = GEMSModel(root / "gems")
+    shared = GEMSModel(root / "gems", dtype=torch.float32)
+    # the student's vLLM form (item head as lm_head rows) scores items as the served student does
+    from transformers import AutoModelForCausalLM
+
+    from models.gems.item_ids import recommend_prompt
+
+    vllm_form = AutoModelForCausalLM.from_pretrained(root / "gems" / "student" / "vllm", dtype=torch.float32).eval()
+    ids = shared.tok(recommend_prompt(shared.vocab, ["1", "2", "3"]), return_tensors="pt", add_special_tokens=False)
+    V, first = shared.vocab.vocab, shared.vocab.first_token
+    with torch.no_grad():
+        theirs = vllm_form(**ids).logits[0, -1, first:first + V]
+        ours = shared.student.model(**ids).last_hidden_state[0, -1] @ shared.student_head.T
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
     assert shared.sizes == ("teacher", "student")
     backend = GEMSBackend(shared, "recommend")
     history = ["1", "2", "3", "4"]
