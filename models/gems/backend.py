@@ -44,6 +44,8 @@ def lora_rank(adapters) -> int:
 class GEMSModel:
     """The loaded LM + adapters + item vocabulary, shared by the search and recommend backends."""
 
+    student = student_head = None  # the Low-Rank Clone student and its item head, when <checkpoint>/student exists
+
     def __init__(self, directory: Path, dtype: torch.dtype | None = None, engine: str = "transformers",
                  server_url: str | None = None):
 
