@@ -88,7 +88,7 @@ class GEMSModel:
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM
 
-        student = AutoModelForCausalLM.from_pretrained(directory / "model", torch_dtype=torch.float32)
+        student = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=torch.float32)
         if student.get_input_embeddings().weight.shape[0] != len(self.tok):
             raise ValueError(f"the student at {directory} has {student.get_input_embeddings().weight.shape[0]} tokens, "
                              f"the teacher's tokenizer {len(self.tok)}: distil it from this checkpoint again")

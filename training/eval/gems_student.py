@@ -65,7 +65,7 @@ def load_scratch(shared: GEMSModel, directory: Path) -> Ranker | None:
 
     if not (directory / "meta.json").exists():
         return None
-    model = AutoModelForCausalLM.from_pretrained(directory / "model", torch_dtype=fast_dtype()).eval()
+    model = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=fast_dtype()).eval()
     return Ranker("from-scratch student (KD)", shared, model=model,
                   head=load_file(str(directory / "model" / "heads.safetensors"))["item"])
 
