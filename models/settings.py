@@ -37,6 +37,9 @@ class RuntimeSettings(BaseSettings):
     encoder: str | None = None
     gems_engine: Literal["transformers", "vllm", "vllm-server"] = "transformers"
     vllm_url: str = "http://127.0.0.1:8001"  # the vLLM OpenAI-compatible server of gems_engine=vllm-server
+    # serve GEMS's Low-Rank Clone student (<artifacts>/gems/student) under budgets the teacher does not fit; off by
+    # default: at the distillation budget measured (README) the student loses to the task's fallback
+    gems_student: bool = False
     pip_index_url: str = Field("https://pypi.org/simple", validation_alias="PIP_INDEX_URL")  # pip's own variable
 
     @property

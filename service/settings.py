@@ -72,7 +72,7 @@ class Settings(RuntimeSettings):
     @property
     def backend_options(self) -> dict[str, dict]:
         """What each backend's `load` is handed from the settings (backends never read the environment)."""
-        return {"gems": {"engine": self.gems_engine, "server_url": self.vllm_url}}
+        return {"gems": {"engine": self.gems_engine, "server_url": self.vllm_url, "student": self.gems_student}}
 
     @property
     def events_log_path(self) -> Path:

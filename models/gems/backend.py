@@ -30,7 +30,7 @@ from models.docids import DocIDs
 from models.gems import subspaces as gems
 from models.gems.item_ids import ItemVocab, beam_search, recommend_prompt, search_prompt
 
-_SHARED: dict[tuple[Path, str, str | None], GEMSModel] = {}
+_SHARED: dict[tuple[Path, str, str | None, bool], GEMSModel] = {}
 _LOCK = threading.Lock()
 
 
@@ -47,7 +47,7 @@ class GEMSModel:
     student = student_head = None  # the Low-Rank Clone student and its item head, when <checkpoint>/student exists
 
     def __init__(self, directory: Path, dtype: torch.dtype | None = None, engine: str = "transformers",
-                 server_url: str | None = None):
+                 server_url: str | None = None, student: bool = True):
 
         meta = read_meta(directory)
         self.model, self.tok = load_causal_lm(meta.get("lm"), dtype=torch.float32)
@@ -67,7 +67,7 @@ class GEMSModel:
         self.model = self.model.to(dtype).eval()
         self.lock = threading.Lock()  # one generation at a time: the model uses every core
         self.student, self.student_head, self.student_meta = None, None, {}
-        if engine == "transformers" and (directory / "student" / "meta.json").exists():
+        if student and engine == "transformers" and (directory / "student" / "meta.json").exists():
             self.load_student(directory / "student", dtype)
         self.engine = None
         if engine in ("vllm", "vllm-server"):
@@ -102,12 +102,13 @@ class GEMSModel:
         return ("teacher", "student") if self.student is not None else ("teacher",)
 
     @classmethod
-    def shared(cls, directory: Path, engine: str = "transformers", server_url: str | None = None) -> GEMSModel:
-        directory = directory.resolve()
+    def shared(cls, directory: Path, engine: str = "transformers", server_url: str | None = None,
+               student: bool = True) -> GEMSModel:
+        key = (directory.resolve(), engine, server_url, student)
         with _LOCK:
-            if (directory, engine, server_url) not in _SHARED:
-                _SHARED[directory, engine, server_url] = cls(directory, engine=engine, server_url=server_url)
-            return _SHARED[directory, engine, server_url]
+            if key not in _SHARED:
+                _SHARED[key] = cls(key[0], engine=engine, server_url=server_url, student=student)
+            return _SHARED[key]
 
     def generate(self, task: str, prompts: list[str], beam: int, k: int, exclude=None,
                  deadline: float | None = None, size: str = "teacher"):
@@ -138,13 +139,15 @@ class GEMSBackend(Backend):
         self.cost_ms: dict[tuple[str, int], float] = {}  # (model, beam) -> ms per request
 
     @classmethod
-    def load(cls, directory: Path, engine: str = "transformers", server_url: str | None = None) -> GEMSBackend:
+    def load(cls, directory: Path, engine: str = "transformers", server_url: str | None = None,
+             student: bool = True) -> GEMSBackend:
         """engine: "transformers" (CPU), "vllm" (in-process vLLM on a GPU) or "vllm-server" (a vLLM OpenAI server at
-        server_url); settings: UNISR_GEMS_ENGINE, UNISR_VLLM_URL."""
+        server_url); student: also serve <checkpoint>/student when it exists; settings: UNISR_GEMS_ENGINE,
+        UNISR_VLLM_URL, UNISR_GEMS_STUDENT (off by default)."""
         meta = read_meta(directory)
         checkpoint = (directory / meta["checkpoint"]) if "checkpoint" in meta else directory
         task = directory.parent.name
-        return cls(GEMSModel.shared(checkpoint, engine, server_url), task if task in cls.tasks else "search")
+        return cls(GEMSModel.shared(checkpoint, engine, server_url, student), task if task in cls.tasks else "search")
 
     def beam_for(self, request: Request) -> int:
         return max(request.k, int(request.options.get("beam") or 2 * request.k))

@@ -199,7 +199,9 @@ def main(argv=None) -> dict:
         gems.set_task(shared.model, "recommend")  # the teacher's perplexity: with its recommendation adapter
         head = r.head if r.size is None else (shared.item_head if r.size == "teacher" else shared.student_head)
         quality = rank_all(r, test)
-        row.update({"params_m": round((parameter_count(r.lm) + head.numel()) / 1e6, 1),
+        # the teacher as it would be served merged: its dense per-subspace updates are not parameters of its own
+        adapters = sum(t.numel() for t in gems.adapter_state(r.lm).values()) if r.size == "teacher" else 0
+        row.update({"params_m": round((parameter_count(r.lm) - adapters + head.numel()) / 1e6, 1),
                     "layers": r.lm.config.num_hidden_layers, "hidden": r.lm.config.hidden_size,
                     **{f"{t}_{m}": round(v, 4) for t in TASKS for m, v in quality[t].items()},
                     "general_ppl": round(general_ppl(r.lm, shared.tok, texts, shared.vocab.first_token), 2),
