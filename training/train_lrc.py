@@ -127,6 +127,25 @@ class Scratch(torch.nn.Module):
         self.extra.load_state_dict(state["extra"])
 
 
+def resume(model, opt, out: Path) -> dict:
+    """The run's state as of its last complete save under <out>/last, with the model and optimiser restored to it;
+    a fresh state when there is none."""
+    last = complete_dir(out / "last")
+    if not (last / "state.json").exists():
+        return {"step": 0, "tokens": 0, "history": []}
+    model.load(last)
+    opt.load_state_dict(torch.load(last / "optim.pt"))
+    return json.loads((last / "state.json").read_text())
+
+
+def save_state(model, opt, out: Path, state: dict) -> None:
+    """<out>/last, whole or not at all (atomic_dir): a kill mid-save keeps the previous one."""
+    with atomic_dir(out / "last") as tmp:
+        model.save(tmp)
+        torch.save(opt.state_dict(), tmp / "optim.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+
+
 def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_dir: Path, from_scratch: bool) -> dict:
     teacher, tok = load_causal_lm(lm, dtype=torch.float32)
     texts, ppl_texts = general_texts(data_dir, run.train_texts)
@@ -139,13 +158,9 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
                              max_length=run.max_len) for i in range(0, run.basis_texts, 16)]
         model = LowRankClone(teacher, cfg, residual_basis(teacher, basis_batches, cfg.hidden))
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    last, state = complete_dir(out / "last"), {"step": 0, "tokens": 0, "history": []}
-    if (last / "state.json").exists():
-        model.load(last)
-        opt.load_state_dict(torch.load(last / "optim.pt"))
-        state = json.loads((last / "state.json").read_text())
-        for _ in range(state["step"]):  # the same batches as an uninterrupted run
-            next(stream)
+    state = resume(model, opt, out)
+    for _ in range(state["step"]):  # the same batches as an uninterrupted run
+        next(stream)
     t0 = time.perf_counter()
     bar = tqdm(range(state["step"], run.steps), desc="lrc" if not from_scratch else "scratch", initial=state["step"],
                total=run.steps)
@@ -159,10 +174,7 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
         state["history"].append({k: round(v.item(), 4) for k, v in losses.items()})
         bar.set_postfix(kl=f"{losses['kl'].item():.3f}", clone=f"{losses['clone'].item():.3f}")
         if state["step"] % run.save_every == 0 or state["step"] == run.steps:
-            with atomic_dir(out / "last") as tmp:  # whole or not at all: a kill mid-save keeps the previous one
-                model.save(tmp)
-                torch.save(opt.state_dict(), tmp / "optim.pt")
-                (tmp / "state.json").write_text(json.dumps(state))
+            save_state(model, opt, out, state)
     student = model.merge()
     meta = {"method": "from scratch (KD)" if from_scratch else "Low-Rank Clone", "teacher": str(lm or "default"),
             "distillation_tokens": state["tokens"], "steps": state["step"], "train_texts": run.train_texts,
@@ -239,11 +251,8 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
                           for t in TASKS]  # the residual stream of GEMS prompts too
         model = LowRankClone(teacher, cfg, residual_basis(teacher, basis_batches, cfg.hidden), {"item": item_head})
     opt = torch.optim.AdamW(model.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    last, state = complete_dir(out / "last"), {"step": 0, "tokens": 0, "history": []}
-    if (last / "state.json").exists():
-        model.load(last)
-        opt.load_state_dict(torch.load(last / "optim.pt"))
-        state = json.loads((last / "state.json").read_text())
+    state = resume(model, opt, out)
+    if state["step"]:
         for step in range(state["step"]):  # the same batches as an uninterrupted run
             next(streams["search"]), next(streams["recommend"])
             if step % run.gems_text_every == 0:
@@ -281,10 +290,7 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
         bar.set_postfix(rec=f"{losses['recommend'].item():.3f}", search=f"{losses['search'].item():.3f}",
                         clone=f"{clone.item():.3f}")
         if state["step"] % run.save_every == 0 or state["step"] == run.steps:
-            with atomic_dir(out / "last") as tmp:  # whole or not at all: a kill mid-save keeps the previous one
-                model.save(tmp)
-                torch.save(opt.state_dict(), tmp / "optim.pt")
-                (tmp / "state.json").write_text(json.dumps(state))
+            save_state(model, opt, out, state)
     gems.set_task(target, None)
     student = model.merge()
     directory = out / "model"
