@@ -212,10 +212,11 @@ class LowRankClone(nn.Module):
             clone.append(F.mse_loss(s_m, t_m) / t_m.pow(2).mean().clamp_min(1e-8))
         return h_t, h_s, torch.stack(clone).mean()
 
-    def losses(self, input_ids, attention_mask, target=None, vocab: int | None = None) -> dict[str, torch.Tensor]:
+    def losses(self, input_ids, attention_mask, target=None, vocab: int | None = None,
+               weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """kl: KL(teacher || student) of the next-token distributions (over the first `vocab` tokens with `vocab`);
-        clone: as in hidden_pair; total: their weighted sum."""
-        weights = self.weights()
+        clone: as in hidden_pair; total: their weighted sum. `weights`: the generated weights when already at hand."""
+        weights = self.weights() if weights is None else weights
         h_t, h_s, clone = self.hidden_pair(input_ids, attention_mask, target, weights)
         mask = attention_mask.bool()
         t_head = (self.teacher if target is None else target).get_output_embeddings()

@@ -59,6 +59,7 @@ from models.gems.item_ids import (
     mean_pairwise_cosine,
     recommend_prompt,
     search_prompt,
+    search_query,
 )
 from models.registry import load_backend
 from models.sasrec.model import SASRec, training_windows
@@ -279,7 +280,7 @@ def evaluate_baselines(artifacts: Path, test: dict[str, list], data) -> dict[str
     the category lookup (items whose category query is exactly the query, by training popularity) and BM25's top
     100 re-ranked by SASRec on the user's history."""
     rows = {}
-    queries = [prompt.split("\nSearch: ", 1)[1].split("\nItem:")[0] for prompt, _, _ in test["search"]]
+    queries = [search_query(prompt) for prompt, _, _ in test["search"]]
     for task, names in (("search", ["bm25", "dense"]), ("recommend", ["popularity", "cooc", "sasrec"])):
         for name in names:
             backend = load_backend(artifacts, task, name)

@@ -63,15 +63,20 @@ class DistilConfig:
     gems_text_every: int = 2  # --gems: a general-domain text batch every N steps (the item batches every step)
 
 
-def batches(tok, texts: list[str], size: int, max_len: int, seed: int):
-    """Endless shuffled batches of tokenised texts."""
+def index_stream(n: int, size: int, seed: int):
+    """Endless shuffled batches of indices 0..n-1."""
     rng = random.Random(seed)
-    order = list(range(len(texts)))
+    order = list(range(n))
     while True:
         rng.shuffle(order)
-        for i in range(0, len(order) - size + 1, size):
-            yield tok([texts[j] for j in order[i:i + size]], return_tensors="pt", padding=True, truncation=True,
-                      max_length=max_len)
+        for i in range(0, n - size + 1, size):
+            yield order[i:i + size]
+
+
+def batches(tok, texts: list[str], size: int, max_len: int, seed: int):
+    """Endless shuffled batches of tokenised texts."""
+    for idx in index_stream(len(texts), size, seed):
+        yield tok([texts[j] for j in idx], return_tensors="pt", padding=True, truncation=True, max_length=max_len)
 
 
 class Scratch(torch.nn.Module):
@@ -89,12 +94,14 @@ class Scratch(torch.nn.Module):
         self.student = AutoModelForCausalLM.from_config(student_config(teacher.config, cfg))
         self.extra = torch.nn.ParameterDict({name: torch.nn.Parameter(torch.randn(n, cfg.hidden) / cfg.hidden ** 0.5)
                                              for name, n in (heads or {}).items()})
-        self.heads = dict(self.extra)
 
     def head_weights(self) -> dict[str, torch.Tensor]:
         return dict(self.extra)
 
-    def hidden_pair(self, input_ids, attention_mask, target=None):
+    def weights(self) -> None:
+        return None  # the student's own parameters: nothing to generate
+
+    def hidden_pair(self, input_ids, attention_mask, target=None, weights=None):
         """As LowRankClone.hidden_pair, without a clone loss (nothing to clone from)."""
         target = self.teacher if target is None else target
         with torch.no_grad():
@@ -102,7 +109,8 @@ class Scratch(torch.nn.Module):
         h_s = self.student.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return h_t, h_s, torch.zeros(())
 
-    def losses(self, input_ids, attention_mask, target=None, vocab: int | None = None) -> dict[str, torch.Tensor]:
+    def losses(self, input_ids, attention_mask, target=None, vocab: int | None = None,
+               weights=None) -> dict[str, torch.Tensor]:
         h_t, h_s, _ = self.hidden_pair(input_ids, attention_mask, target)
         mask = attention_mask.bool()
         with torch.no_grad():
@@ -210,16 +218,6 @@ def padded(enc, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return ids, att, rows, cols, levels
 
 
-def index_stream(n: int, size: int, seed: int):
-    """Endless shuffled batches of indices 0..n-1."""
-    rng = random.Random(seed)
-    order = list(range(n))
-    while True:
-        rng.shuffle(order)
-        for i in range(0, n - size + 1, size):
-            yield order[i:i + size]
-
-
 def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, data_dir: Path,
                 from_scratch: bool) -> dict:
     """One student for both tasks of the served GEMS model (see the module doc); <out>/model + meta.json."""
@@ -263,19 +261,20 @@ def distil_gems(out: Path, cfg: LRCConfig, run: DistilConfig, gems_dir: Path, da
                initial=state["step"], total=run.steps)
     for step in bar:
         losses, tokens = {}, 0
+        weights, head = model.weights(), model.head_weights()["item"]  # generated once a step, used by every batch
         for t in TASKS:  # the item distributions at every item-predicting position, the task's adapter set
             ids, att, rows, cols, levels = padded(enc[t], next(streams[t]))
             gems.set_task(target, t)
-            h_t, h_s, clone = model.hidden_pair(ids, att, target)
+            h_t, h_s, clone = model.hidden_pair(ids, att, target, weights)
             with torch.no_grad():
                 t_logits = item_logits(h_t[rows, cols].float(), levels, item_head, vocab)
-            s_logits = item_logits(h_s[rows, cols].float(), levels, model.head_weights()["item"], vocab)
+            s_logits = item_logits(h_s[rows, cols].float(), levels, head, vocab)
             losses[t] = distillation_kl(s_logits, t_logits, cfg.temperature)
             losses[f"clone_{t}"] = clone
             tokens += int(att.sum())
         if step % run.gems_text_every == 0:  # general-domain text: the text distributions (the merged weights')
             b = next(text_stream)
-            text = model.losses(b["input_ids"], b["attention_mask"], vocab=vocab.first_token)
+            text = model.losses(b["input_ids"], b["attention_mask"], vocab=vocab.first_token, weights=weights)
             losses["text"], losses["clone_text"] = text["kl"], text["clone"]
             tokens += int(b["attention_mask"].sum())
         kls = [v for k, v in losses.items() if not k.startswith("clone")]

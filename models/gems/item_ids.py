@@ -106,6 +106,11 @@ def search_prompt(query: str, vocab: ItemVocab | None = None, history: list[str]
     return SEARCH_TEMPLATE.format(query=query.strip(), history=history_text(vocab, history, max_items))
 
 
+def search_query(prompt: str) -> str:
+    """The query of a search_prompt (its inverse, for evaluations that hold only the prompts)."""
+    return prompt.split("\nSearch: ", 1)[1].split("\nItem:")[0]
+
+
 def recommend_prompt(vocab: ItemVocab, history: list[str], max_items: int = 10) -> str:
     return RECOMMEND_TEMPLATE.format(history=history_text(vocab, history, max_items))
 

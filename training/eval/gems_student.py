@@ -33,7 +33,7 @@ from models.backend import Request  # noqa: E402
 from models.causal_lm import fast_dtype, perplexity  # noqa: E402
 from models.gems import subspaces as gems  # noqa: E402
 from models.gems.backend import GEMSBackend, GEMSModel  # noqa: E402
-from models.gems.item_ids import beam_search  # noqa: E402
+from models.gems.item_ids import beam_search, search_query  # noqa: E402
 from models.lrc import parameter_count  # noqa: E402
 from models.registry import load_backend  # noqa: E402
 from training.common import set_threads  # noqa: E402
@@ -113,7 +113,7 @@ def sweep(shared: GEMSModel, artifacts: Path, test: dict, users: int, budgets: l
         backend = GEMSBackend(shared, task)
         rows = test[task][:users]
         first = rows[0]
-        query = first[0].split("\nSearch: ", 1)[1].split("\nItem:")[0] if task == "search" else ""
+        query = search_query(first[0]) if task == "search" else ""
         backend.warm_up(Request(task, query=query, history=first[2], k=K))
         fallback_name = "bm25" if task == "search" else "popularity"  # the task's cheapest (the gateway's fallback)
         fallback = load_backend(artifacts, task, fallback_name)
@@ -125,7 +125,7 @@ def sweep(shared: GEMSModel, artifacts: Path, test: dict, users: int, budgets: l
             if key not in cache:
                 ranked, ms = [], []
                 for prompt, _, hist in tqdm(rows, desc=f"sweep {task} {key}"):
-                    q = prompt.split("\nSearch: ", 1)[1].split("\nItem:")[0] if task == "search" else ""
+                    q = search_query(prompt) if task == "search" else ""
                     r = Request(task, query=q, history=hist, k=K, options=dict(probe.options) if fits else {})
                     t0 = time.perf_counter()
                     hits = (backend if fits else fallback).answer([r])[0].hits
