@@ -7,7 +7,7 @@ ART     ?= artifacts/v1
 # passed on only when given (CI: DOCID_EPOCHS=15); ML1M_EPOCHS likewise for SASRec on MovieLens-1M.
 EPOCHS   = $(if $(1),--epochs $(1))
 
-.PHONY: install data lm artifacts agent gems gems-student ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
+.PHONY: install data lm artifacts agent agent-student gems gems-student ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
         loadtest lint clean serve-ray
 
 $(BIN)/.installed: pyproject.toml
@@ -52,6 +52,17 @@ $(ART)/agent/meta.json:
 
 agent: artifacts
 	$(MAKE) --no-print-directory $(ART)/agent/meta.json
+
+# the agent LM's Low-Rank Clone student and the from-scratch one (distilled on the agent's own traces); eval-agent
+# adds their loop rows, the gateway serves the student with UNISR_AGENT_STUDENT=true
+$(ART)/agent/student/meta.json: $(ART)/agent/meta.json
+	$(BIN)/python -m training.train_lrc --agent $(ART)/agent
+
+$(ART)/agent/student-scratch/meta.json: $(ART)/agent/meta.json
+	$(BIN)/python -m training.train_lrc --agent $(ART)/agent --from-scratch --lr 1e-3
+
+agent-student: agent
+	$(MAKE) --no-print-directory $(ART)/agent/student/meta.json $(ART)/agent/student-scratch/meta.json
 
 # GEMS: item semantic IDs, four adapter variants (table + gradient-cosine plot in results/), the served checkpoint
 $(ART)/gems/meta.json:

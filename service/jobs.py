@@ -64,7 +64,10 @@ JOBS: dict[str, Job] = {
          None))),
     "agent": Job("agent", ("agent",), (
         (("-m", "training.train_exsearch", "--data", "{data}/strategyqa", "--artifacts", "{stage}",
-          "--out", "{stage}/agent", "--threads", "{threads}"), None),)),
+          "--out", "{stage}/agent", "--threads", "{threads}"), "agent"),
+        # its Low-Rank Clone student, served (UNISR_AGENT_STUDENT=true) when a budget is under the teacher's step
+        (("-m", "training.train_lrc", "--agent", "{stage}/agent", "--data", "{data}", "--threads", "{threads}"),
+         "agent/student"))),
     "gems": Job("gems", ("gems", "search/gems", "recommend/gems"), (
         (("-m", "training.train_gems", "--variants", "gems", "--data", "{data}", "--artifacts", "{stage}",
           "--out", "{stage}/gems", "--results", "{stage}/gems-results", "--threads", "{threads}"), "gems"),

@@ -67,6 +67,8 @@ class Settings(RuntimeSettings):
     # agentic search (GET /search?mode=agentic): the EXSEARCH agent; UNISR_AGENT_LM: any local HF causal LM
     agent: bool = True  # load the agent at start-up (a few seconds, ~0.5 GB)
     agent_lm: str | None = None  # default: the EM-trained agent under <artifacts>/agent, else the base LM
+    # also hold the agent LM's Low-Rank Clone student (<artifacts>/agent/student) for budgets the teacher does not fit
+    agent_student: bool = False
     agent_latency_budget_ms: int = Field(20_000, ge=1, le=60_000)  # default budget of agentic requests
 
     @property

@@ -5,6 +5,7 @@ from scratch with the plain KD loss (the baseline: what cloning buys at the same
     python -m training.train_lrc --out artifacts/v1/lrc-scratch --from-scratch
     python -m training.train_lrc --gems artifacts/v1/gems                   # the served GEMS model -> <gems>/student
     python -m training.train_lrc --gems artifacts/v1/gems --from-scratch    # -> <gems>/student-scratch
+    python -m training.train_lrc --agent artifacts/v1/agent                 # the agent's LM -> <agent>/student
 
 Texts: general-domain sentences (StrategyQA's evidence facts; the perplexity half of training.train_gems is held
 out). Resumes from <out>/last/ (projections or student weights, optimiser, step). At the end: the merged student as
@@ -20,6 +21,11 @@ predicts an item, as GEMS trains) and personalised-search cases (KL at the item 
 item head is cloned like the output head (models.lrc `heads`). The student (an HF checkpoint with the item tokens,
 and heads.safetensors with the item head) goes to <DIR>/student/model, where the GEMS backend finds it and serves it
 under budgets the teacher does not fit (models.gems.backend).
+
+With `--agent DIR` the teacher is the agent's LM (the EM-trained round in DIR, else the base LM), and the texts are
+its own traces on training questions (prompt, actions, retrieved passages: the student learns the action protocol
+from them) alternating with general-domain text; service.agentic serves the student under budgets the teacher does
+not fit (UNISR_AGENT_STUDENT=true).
 """
 from __future__ import annotations
 
@@ -61,6 +67,8 @@ class DistilConfig:
     save_every: int = 50
     seed: int = 0
     gems_text_every: int = 2  # --gems: a general-domain text batch every N steps (the item batches every step)
+    agent_questions: int = 200  # --agent: training questions the teacher agent runs; its traces are distilled
+    agent_max_len: int = 384  # --agent: tokens per text (a trace is prompt + actions + retrieved passages)
 
 
 def index_stream(n: int, size: int, seed: int):
@@ -154,9 +162,12 @@ def save_state(model, opt, out: Path, state: dict) -> None:
         (tmp / "state.json").write_text(json.dumps(state))
 
 
-def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_dir: Path, from_scratch: bool) -> dict:
+def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_dir: Path, from_scratch: bool,
+           texts: list[str] | None = None, extra_meta: dict | None = None) -> dict:
+    """texts: what to distil on (default: the general-domain texts); the perplexity is on held-out general text."""
     teacher, tok = load_causal_lm(lm, dtype=torch.float32)
-    texts, ppl_texts = general_texts(data_dir, run.train_texts)
+    general, ppl_texts = general_texts(data_dir, run.train_texts)
+    texts = general if texts is None else texts
     ppl_texts = ppl_texts[:run.ppl_texts]
     stream = batches(tok, texts, run.batch_size, run.max_len, run.seed)
     if from_scratch:
@@ -191,7 +202,7 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
             "student_ppl": round(perplexity(student, tok, ppl_texts), 2),
             "teacher_ppl": round(perplexity(teacher, tok, ppl_texts), 2),
             "first_losses": state["history"][:1], "last_losses": state["history"][-10:],
-            **asdict(cfg)}
+            **asdict(cfg), **(extra_meta or {})}
     if from_scratch:
         (out / "model").mkdir(parents=True, exist_ok=True)
         student.save_pretrained(out / "model")
@@ -200,6 +211,47 @@ def distil(out: Path, cfg: LRCConfig, run: DistilConfig, lm: str | None, data_di
         export(model, tok, out / "model", {"distillation_tokens": state["tokens"]})
     write_meta(out, **meta, lm="model")
     return meta
+
+
+# ------------------------------------------------------------------ the agent's LM as the teacher
+def agent_traces(agent_dir: Path, data_dir: Path, n: int) -> tuple[Path | None, str, list[str]]:
+    """The agent's LM (the EM-trained round training.train_exsearch left in agent_dir, else the base LM with the
+    worked example, as the gateway serves it), its id, and the full texts (prompt, actions, retrieved passages) of
+    its traces on the first n training questions: what the student must learn to continue like the teacher."""
+    from indexing.data import load_multihop
+    from models.causal_lm import fast_dtype
+    from models.exsearch.loop import AgentConfig, SearchAgent, load_trained
+    from models.registry import load_backend
+
+    if (agent_dir / "meta.json").exists():
+        model, tok, config, meta = load_trained(agent_dir)
+        path, teacher_id = agent_dir / meta["model"], meta["model"]
+    else:
+        model, tok = load_causal_lm(None, dtype=fast_dtype())
+        config, path, teacher_id = AgentConfig(few_shot=True), None, "base"
+    data = load_multihop(data_dir / "strategyqa")
+    agent = SearchAgent(model, tok, load_backend(agent_dir.parent, "retrieve", "bm25"), data, config)
+    texts = [agent.run(q["question"]).context for q in tqdm(data.split("train")[:n], desc="teacher traces")]
+    return path, teacher_id, texts
+
+
+def distil_agent(agent_dir: Path, cfg: LRCConfig, run: DistilConfig, data_dir: Path, from_scratch: bool,
+                 out: Path | None = None) -> dict:
+    """The agent's student: distilled on the teacher's traces and as many general-domain texts, in turn."""
+    out = out or agent_dir / ("student-scratch" if from_scratch else "student")
+    out.mkdir(parents=True, exist_ok=True)
+    cached = out / "traces.json"  # a resumed run distils the same traces
+    if cached.exists():
+        saved = json.loads(cached.read_text())
+    else:
+        path, teacher_id, traces = agent_traces(agent_dir, data_dir, run.agent_questions)
+        saved = {"teacher": str(path) if path else None, "agent_teacher": teacher_id, "texts": traces}
+        cached.write_text(json.dumps(saved))
+    general, _ = general_texts(data_dir, run.train_texts)
+    texts = saved["texts"] + general[:len(saved["texts"])]
+    run = DistilConfig(**{**asdict(run), "max_len": run.agent_max_len})
+    return distil(out, cfg, run, saved["teacher"], data_dir, from_scratch, texts,
+                  {"agent_teacher": saved["agent_teacher"], "agent_traces": len(saved["texts"])})
 
 
 # ------------------------------------------------------------------ the GEMS model as the teacher
@@ -325,6 +377,9 @@ def main(argv=None) -> dict:
     p.add_argument("--gems", type=Path, default=None,
                    help="distil the served GEMS checkpoint at this directory (default --out: <DIR>/student, "
                         "<DIR>/student-scratch with --from-scratch)")
+    p.add_argument("--agent", type=Path, default=None,
+                   help="distil the agent's LM (the EM-trained round in this directory, else the base LM) on its own "
+                        "traces (default --out: <DIR>/student, <DIR>/student-scratch with --from-scratch)")
     add_config_args(p, LRCConfig, CLONE_OPTIONS)
     add_config_args(p, DistilConfig)
     add_threads_arg(p)
@@ -335,6 +390,8 @@ def main(argv=None) -> dict:
     if a.gems is not None:
         out = a.out or a.gems / ("student-scratch" if a.from_scratch else "student")
         meta = distil_gems(out, cfg, run, a.gems, a.data, a.from_scratch)
+    elif a.agent is not None:
+        meta = distil_agent(a.agent, cfg, run, a.data, a.from_scratch, a.out)
     else:
         meta = distil(a.out or Path("artifacts/v1/lrc"), cfg, run, a.lm, a.data, a.from_scratch)
     print(json.dumps({k: v for k, v in meta.items() if k not in ("first_losses", "last_losses")}, indent=2))

@@ -31,9 +31,7 @@ async def readyz(request: Request):
         degraded.append("events: Redis unreachable, new events go to the local log")
     detail = {"backends": {t: engine.available(t) for t in engine.backends}, "cache": state.cache.kind,
               "cache_ok": cache_ok, "events": events, "artifacts": str(engine.settings.artifacts_dir),
-              "degraded": degraded, "agent": getattr(state, "agent", None) and {
-                  "model": state.agent.model_name, "trained": state.agent.trained,
-                  "step_ms": round(state.agent.step_ms, 1), "max_hops": state.agent.max_hops},
+              "degraded": degraded, "agent": getattr(state, "agent", None) and state.agent.describe(),
               "jobs": {n: describe(j) for n, j in read_state(state.settings.artifacts_dir)["jobs"].items()}}
     return Health(status="degraded" if degraded else "ready", detail=detail)
 

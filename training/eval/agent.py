@@ -7,6 +7,8 @@ the agent recorded as evidence with the records' precision, for
 - one-shot retrieve-then-answer (RAG: BM25 top-k for the question, the base LM answers),
 - the untrained loop (the base LM with the worked example),
 - the loop after each EM round (the round-N checkpoints of training.train_exsearch, without the example),
+- the loop run by the Low-Rank Clone student of the agent's LM and by the from-scratch student, where distilled
+  (training.train_lrc --agent: <agent>/student, <agent>/student-scratch),
 
 plus the majority-answer floor. One table on stdout, JSON in --out. EM and F1 are training.eval.metrics' (SQuAD
 normalisation, the harness's definition).
@@ -97,6 +99,15 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
         model, tok = load_causal_lm(path, dtype=fast_dtype())
         cfg = AgentConfig(max_hops=max_hops, k=meta.get("k", k), few_shot=False)
         rows.append(run_loop(f"loop after EM {path.name}", SearchAgent(model, tok, retriever, data, cfg), questions))
+    for name in ("student", "student-scratch"):  # training.train_lrc --agent: clones of the served agent's LM
+        sdir = agent_dir / name
+        if (sdir / "meta.json").exists():
+            smeta = read_meta(sdir)
+            model, tok = load_causal_lm(sdir / smeta.get("lm", "model"), dtype=fast_dtype())
+            cfg = AgentConfig(max_hops=max_hops, k=meta.get("k", k), few_shot=smeta.get("agent_teacher") == "base")
+            label = "LRC student" if name == "student" else "from-scratch student"
+            rows.append(run_loop(f"loop, {label} ({smeta['params'] / 1e6:.0f}M)",
+                                 SearchAgent(model, tok, retriever, data, cfg), questions))
     return rows
 
 
