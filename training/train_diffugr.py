@@ -65,6 +65,10 @@ class TrainConfig:
     # hard DocID cross-entropy; masks are then suffixes (the level order the served beam fills in)
     distil_weight: float = 0.0
     crops: int = 0  # extra pseudo-queries per document: random spans of its words (distillation views)
+    # DSI-QG: generated questions per document (indexing.pseudo_queries; a JSONL of {doc_id, questions}), each an
+    # extra retrieval example question -> DocID; "" = off. pseudo_per_doc caps the questions used per document (0: all)
+    pseudo_queries: str = ""
+    pseudo_per_doc: int = 0
 
 
 def masked_diffusion_loss(model: DocIDDecoder, qs, qm, codes: torch.Tensor) -> torch.Tensor:
@@ -187,6 +191,14 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
         for crop in random_crops(data.doc_text(docids.ids[r]), cfg.crops, crop_rng):
             examples.append((len(texts), r))
             texts.append(crop)
+    if cfg.pseudo_queries:  # DSI-QG: generated question -> DocID of the document it was written for
+        from indexing.pseudo_queries import read_questions
+
+        generated = read_questions(Path(cfg.pseudo_queries))
+        for r in doc_rows:
+            for q in generated.get(docids.ids[r], [])[:cfg.pseudo_per_doc or None]:
+                examples.append((len(texts), r))
+                texts.append(q)
     states, masks = encoded_texts(texts, docids_dir)
     teacher = qvecs = None
     if cfg.distil_weight > 0 and mode == "diffusion":
@@ -240,7 +252,8 @@ def train(data_dir: Path, docids_dir: Path, out: Path, mode: str = "diffusion", 
     write_meta(out, backend=backend_cls.name, mode=mode, data=str(data_dir), beam=10,
                best_valid_recall10=state["best_recall10"], best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                examples=len(examples), docids=str(docids_dir), level_order=teacher is not None,
-               distil_weight=cfg.distil_weight if teacher is not None else 0.0, crops=cfg.crops)
+               distil_weight=cfg.distil_weight if teacher is not None else 0.0, crops=cfg.crops,
+               pseudo_queries=cfg.pseudo_queries, pseudo_per_doc=cfg.pseudo_per_doc)
     if mode == "diffusion" and cfg.prior == "geometry":
         attach_prior(out, docids_dir, cfg, None if max_docs else data_dir)
     return state
