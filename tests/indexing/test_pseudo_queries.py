@@ -41,8 +41,8 @@ def test_the_shipped_generation_covers_the_corpus_and_matches_its_manifest(corpu
 
 
 def test_the_filter_keeps_the_questions_bm25_ties_to_their_document(data_dirs, corpus, shipped, tmp_path):
-    from models.baselines.bm25 import BM25Backend
     from models.backend import Request
+    from models.baselines.bm25 import BM25Backend
 
     rng = random.Random(0)
     docs = rng.sample(sorted(shipped), 40)
