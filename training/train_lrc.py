@@ -42,6 +42,7 @@ from tqdm import tqdm
 from indexing.data import general_texts
 from models.artifacts import atomic_dir, complete_dir, write_meta
 from models.causal_lm import load_causal_lm, perplexity
+from models.exsearch.loop import agent_id
 from models.lrc import (
     LowRankClone,
     LRCConfig,
@@ -225,7 +226,7 @@ def agent_traces(agent_dir: Path, data_dir: Path, n: int) -> tuple[Path | None, 
 
     if (agent_dir / "meta.json").exists():
         model, tok, config, meta = load_trained(agent_dir)
-        path, teacher_id = agent_dir / meta["model"], meta["model"]
+        path, teacher_id = agent_dir / meta["model"], agent_id(agent_dir)
     else:
         model, tok = load_causal_lm(None, dtype=fast_dtype())
         config, path, teacher_id = AgentConfig(few_shot=True), None, "base"
@@ -240,13 +241,16 @@ def distil_agent(agent_dir: Path, cfg: LRCConfig, run: DistilConfig, data_dir: P
     """The agent's student: distilled on the teacher's traces and as many general-domain texts, in turn."""
     out = out or agent_dir / ("student-scratch" if from_scratch else "student")
     out.mkdir(parents=True, exist_ok=True)
-    cached = out / "traces.json"  # a resumed run distils the same traces
-    if cached.exists():
-        saved = json.loads(cached.read_text())
-    else:
+    # the same traces for a resumed run and for both students (LRC and from scratch: same tokens), while the agent is
+    # the one they were sampled from
+    teacher_id = agent_id(agent_dir)
+    cached = [p / "traces.json" for p in (out, agent_dir / "student", agent_dir / "student-scratch")
+              if (p / "traces.json").exists()]
+    saved = next((s for s in (json.loads(p.read_text()) for p in cached) if s["agent_teacher"] == teacher_id), None)
+    if saved is None:
         path, teacher_id, traces = agent_traces(agent_dir, data_dir, run.agent_questions)
         saved = {"teacher": str(path) if path else None, "agent_teacher": teacher_id, "texts": traces}
-        cached.write_text(json.dumps(saved))
+    (out / "traces.json").write_text(json.dumps(saved))
     general, _ = general_texts(data_dir, run.train_texts)
     texts = saved["texts"] + general[:len(saved["texts"])]
     run = DistilConfig(**{**asdict(run), "max_len": run.agent_max_len})

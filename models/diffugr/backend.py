@@ -55,6 +55,13 @@ class GenerativeRetrievalBackend(Backend):
     def length(self) -> int:
         return self.docids.length
 
+    def decoder_only(self) -> GenerativeRetrievalBackend:
+        """The same decoder without the geometry prior (confidence-first, or level order if trained so): the tables'
+        row of what the learned decoder does by itself."""
+        alone = type(self)(self.model, self.docids, self.beam, self.encoder, None, None, self.level_order)
+        alone.name = f"{self.name} decoder only"
+        return alone
+
     def steps_for(self, request: Request) -> int:
         return self.length if self.left_to_right else max(1, min(int(request.options.get("steps") or self.length),
                                                                  self.length))

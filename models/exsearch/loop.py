@@ -387,6 +387,17 @@ class SearchAgent:
         return answer, (time.perf_counter() - t0) * 1000
 
 
+def agent_id(agent_dir: Path) -> str:
+    """Which LM the gateway serves as the agent from agent_dir: "<round>@<built_at>" of the EM-trained agent (a
+    retrained agent gets a new id), "base" when there is none (the base LM with the worked example)."""
+    from models.artifacts import read_meta
+
+    if not (Path(agent_dir) / "meta.json").exists():
+        return "base"
+    meta = read_meta(agent_dir)
+    return f"{meta['model']}@{meta.get('built_at', '')}"
+
+
 def load_trained(agent_dir: Path):
     """The EM-trained agent that training.train_exsearch saved in agent_dir: (model, tokenizer, AgentConfig, meta),
     the LM of its last round (meta["model"]) and the loop settings it was trained with, without the worked example."""

@@ -94,6 +94,37 @@ def test_tiny_training_lowers_the_loss(tmp_path, data_dirs, artifacts):
     assert (tmp_path / "dg" / "model.safetensors").exists() and (tmp_path / "dg" / "docids" / "codes.npy").exists()
 
 
+def test_pseudo_questions_add_one_example_each_and_the_decoder_serves_alone(tmp_path, data_dirs, artifacts):
+    """DSI-QG (--pseudo-queries): every kept question of a trained document is one more question -> DocID example;
+    decoder_only() is the same checkpoint without the geometry prior (the tables' decoder-only rows)."""
+    import json
+
+    from indexing.pseudo_queries import SHIPPED, read_questions
+    from models.artifacts import read_meta
+    from models.backend import Request
+    from models.diffugr.backend import DiffuGRBackend
+    from models.docids import DocIDs
+    from training.train_diffugr import train
+
+    torch.set_num_threads(1)
+    docids = DocIDs.load(artifacts / "retrieve" / "docids")
+    shipped = read_questions(SHIPPED)
+    qfile = tmp_path / "kept.jsonl"
+    qfile.write_text("".join(json.dumps({"doc_id": d, "questions": shipped[d][:3]}) + "\n" for d in docids.ids[:200]))
+    kw = dict(epochs=1, batch_size=64, d_model=64, n_layers=1, eval_every=1, max_docs=100, max_valid=10, prior="none")
+    train(data_dirs["retrieval"], artifacts / "retrieve" / "docids", tmp_path / "plain", "diffusion", **kw)
+    train(data_dirs["retrieval"], artifacts / "retrieve" / "docids", tmp_path / "qg", "diffusion",
+          pseudo_queries=str(qfile), **kw)
+    extra = sum(len(shipped[d][:3]) for d in docids.ids[:100])  # only the trained documents' questions
+    assert read_meta(tmp_path / "qg")["examples"] == read_meta(tmp_path / "plain")["examples"] + extra
+    served = DiffuGRBackend.load(artifacts / "retrieve" / "diffugr")
+    alone = served.decoder_only()
+    req = Request("retrieve", query="Would a pear sink in water?", k=10, options={"steps": 4})
+    assert "prior" in served.config(req) and "prior" not in alone.config(req)
+    hits = alone.answer([req])[0].hits
+    assert len(hits) == 10 and all(h.id in set(docids.ids) for h in hits)
+
+
 def test_trained_diffugr_beats_random_and_steps_help(artifacts, data_dirs):
     """Floors from training/eval/expected.yaml (the last measured figures minus noise): DiffuGR with the geometry
     prior at T=4, and more steps buying quality by more than the floor's margin."""

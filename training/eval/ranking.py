@@ -141,10 +141,13 @@ def plot_steps(rows: list[dict], reference: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["config"]["steps"] for r in rows]
+    steps = sorted({r["config"]["steps"] for r in rows})
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    a1.plot(steps, [r["recall@10"] for r in rows], "o-", label="DiffuGR")
-    a2.plot(steps, [r["latency_mean_ms"] for r in rows], "o-", label="DiffuGR")
+    for name in dict.fromkeys(r["backend"].split("@")[0] for r in rows):  # served, then the decoder alone
+        line = [r for r in rows if r["backend"].split("@")[0] == name]
+        label = "DiffuGR" if name == "diffugr" else name.replace("diffugr", "DiffuGR")
+        a1.plot([r["config"]["steps"] for r in line], [r["recall@10"] for r in line], "o-", label=label)
+        a2.plot([r["config"]["steps"] for r in line], [r["latency_mean_ms"] for r in line], "o-", label=label)
     for ref, style in zip(reference, ["--", ":", "-.", (0, (1, 1))]):
         a1.axhline(ref["recall@10"], linestyle=style, color="gray", label=ref["backend"])
         a2.axhline(ref["latency_mean_ms"], linestyle=style, color="gray", label=ref["backend"])
@@ -185,7 +188,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N queries only")
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--steps", default=None, help="with --task retrieve --backend diffugr: comma-separated step "
-                   "counts, each a row, next to bm25, dense and ar; a PNG plot is written beside the JSON")
+                   "counts, each a row (served, then the decoder without the geometry prior), next to the geometry "
+                   "alone, bm25, dense and ar; a PNG plot is written beside the JSON")
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
@@ -206,6 +210,9 @@ def main(argv=None) -> list[dict]:
         if rows and rows[-1]["config"].get("prior"):  # the geometry prior alone (decoder weight 0): what the
             reference.append(run("retrieve", "diffugr", a.artifacts, data_dirs, a.split, a.limit,  # decoder adds
                                  {"steps": rows[-1]["config"]["steps"], "decoder_weight": 0}))
+            alone = load_backend(a.artifacts, "retrieve", "diffugr").decoder_only()  # and the decoder by itself
+            rows += [evaluate_ranking("retrieve", alone, a.split, data_dirs, a.limit, options={"steps": int(t)})
+                     for t in a.steps.split(",")]
         for name in ("random", "bm25", "dense", "ar"):
             try:
                 reference.append(run("retrieve", name, a.artifacts, data_dirs, a.split, a.limit))
