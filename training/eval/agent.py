@@ -74,7 +74,7 @@ def run_loop(name: str, agent: SearchAgent, questions: list[dict]) -> dict:
 
 
 def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | None, max_hops: int,
-             k: int, dense=None, loops: bool = True) -> list[dict]:
+             k: int, dense=None, loops: bool = True, untrained_loop: bool = True) -> list[dict]:
     golds = [q["answer"] for q in questions]
     supporting = [q.get("supporting", []) for q in questions]
     majority = collections.Counter(q["answer"] for q in data.split("train")).most_common(1)[0][0]
@@ -92,7 +92,8 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
                              [m for _, _, m in out]), **evidence(supporting, [ids for _, ids, _ in out], k=K_EVIDENCE)})
     if not loops:
         return rows
-    rows.append(run_loop("loop, untrained (few-shot)", base, questions))
+    if untrained_loop:
+        rows.append(run_loop("loop, untrained (few-shot)", base, questions))
     rounds = sorted(agent_dir.glob("round-*"), key=lambda p: int(p.name.split("-")[1])) if agent_dir.exists() else []
     meta = read_meta(agent_dir) if (agent_dir / "meta.json").exists() else {}
     for path in rounds:
@@ -141,6 +142,8 @@ def main(argv=None) -> None:
     p.add_argument("--limit", type=int, default=0, help="first N questions of the split (0: all)")
     p.add_argument("--no-loops", action="store_true", help="only the baselines (single-shot retrieval, closed book, "
                                                           "RAG): minutes on the full split, the loops take hours")
+    p.add_argument("--no-untrained-loop", action="store_true",
+                   help="skip the untrained loop (the worked example in every prompt: ~10x the trained loop's time)")
     p.add_argument("--max-hops", type=int, default=2)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results"))
@@ -151,7 +154,8 @@ def main(argv=None) -> None:
     questions = data.split(a.split)[: a.limit or None]
     t0 = time.time()
     rows = evaluate(questions, data, load_backend(a.artifacts, "retrieve", "bm25"), a.agent or a.artifacts / "agent",
-                    a.lm, a.max_hops, a.k, dense=load_backend(a.artifacts, "retrieve", "dense"), loops=not a.no_loops)
+                    a.lm, a.max_hops, a.k, dense=load_backend(a.artifacts, "retrieve", "dense"), loops=not a.no_loops,
+                    untrained_loop=not a.no_untrained_loop)
     print(table(rows))
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"agent-{a.split}.json"
