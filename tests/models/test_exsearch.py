@@ -155,3 +155,13 @@ def test_baselines_answer_yes_or_no(agent_parts):
     assert answer in ("yes", "no") and len(ids) == 3 and ms > 0
     answer, ms = agent.closed_book_answer(q)
     assert answer in ("yes", "no") and ms > 0
+
+
+def test_the_evaluation_row_of_a_loop(agent_parts):
+    """training.eval.agent's loop row: answers scored, tokens the model wrote counted, evidence recall measured."""
+    from training.eval.agent import K_EVIDENCE, run_loop
+
+    agent, data = _agent(agent_parts, max_hops=1, max_new_tokens=24, steps_after_limit=1)
+    row = run_loop("loop", agent, data.split("test")[:2])
+    assert row["n"] == 2 and 0 <= row["em"] <= 1 and row["mean_hops"] <= 1
+    assert row["tokens_per_q"] > 0 and 0 <= row[f"evidence_recall@{K_EVIDENCE}"] <= 1

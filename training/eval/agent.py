@@ -63,7 +63,7 @@ def run_loop(name: str, agent: SearchAgent, questions: list[dict]) -> dict:
         tr = agent.run(q["question"])
         preds.append(tr.answer), hops.append(tr.hops), ms.append(tr.total_ms)
         retrieved.append(tr.retrieved_ids), recorded.append([e.doc_id for e in tr.evidence])
-        tokens.append(sum(len(agent.tok(text, add_special_tokens=False).input_ids)
+        tokens.append(sum(len(agent.tokenizer(text, add_special_tokens=False).input_ids)
                           for text, by_model in tr.segments if by_model))
         parse_errors += tr.parse_errors
     row = summarise(name, preds, [q["answer"] for q in questions], hops, ms)
