@@ -1,5 +1,6 @@
-"""Benchmark generative retrieval on this CPU: DiffuGR at each step count T vs the autoregressive DocID
-decoder, latency per query at batch 1 and batch 16 (and BM25/dense for scale). Prints a table.
+"""Benchmark generative retrieval on this CPU: DiffuGR at each step count T (and its decoder alone at T=1, without
+the geometry prior) vs the autoregressive DocID decoder, latency per query at batch 1 and batch 16 (and BM25/dense
+for scale). Prints a table.
 
     python -m loadtest.bench_docid [--artifacts artifacts/v1] [--queries 64] [--repeats 3]
 
@@ -41,6 +42,8 @@ def main(argv=None) -> None:
     queries = list(load_retrieval(a.data).split_queries("test").values())[: a.queries]
     diffugr = load_backend(a.artifacts, "retrieve", "diffugr")
     configs = [("diffugr", diffugr, {"steps": t}) for t in range(1, diffugr.length + 1)]
+    if diffugr.prior:  # the learned decoder by itself (no geometry prior) at one step: the fastest generative answer
+        configs.append(("diffugr decoder only", diffugr.decoder_only(), {"steps": 1}))
     for name in ("ar", "bm25", "dense"):
         configs.append((name, load_backend(a.artifacts, "retrieve", name), {}))
     table = Table(title=f"generative retrieval latency, {len(queries)} test queries, "
