@@ -14,7 +14,7 @@ Only the corpus is read: no training, valid or test question enters the prompts.
     python -m indexing.pseudo_queries generate --data data/strategyqa-facts --per-doc 20 --device cuda
     python -m indexing.pseudo_queries filter --data data/strategyqa-facts
 
-Generation is a GPU job: on the 2-core CPU here it writes about two questions per second (~14 h for the corpus at
+Generation is a GPU job: on the 2-core CPU here it writes about two questions per second (~17 h for the corpus at
 20 per document); on one H200 the 6,138 documents x 20 samples took 118 s (103,134 distinct questions). That run
 ships with the code: indexing/generated/strategyqa-facts.pseudo-queries.jsonl.gz, with its manifest (generator,
 prompt, sampling, seed, device, sha256). `generate` writes `<data>/pseudo-queries/raw.jsonl` (one {"doc_id",
@@ -125,24 +125,20 @@ def read_questions(path: Path) -> dict[str, list[str]]:
 
 
 def filter_questions(data: Path, raw: Path, keep_rank: int = 10) -> tuple[dict[str, list[str]], dict]:
-    """Keep a question only if the corpus's BM25 index ranks its own document in the top keep_rank."""
-    import bm25s
-    import numpy as np
-
+    """Keep a question only if the corpus's BM25 index (the served scorer, models.baselines.bm25) ranks its own
+    document in the top keep_rank."""
     from indexing.data import load_retrieval
-    from models.baselines.bm25 import tokenize
+    from models.backend import Request
+    from models.baselines.bm25 import BM25Backend
 
     corpus = load_retrieval(data)
-    ids = corpus.doc_ids
     questions = read_questions(raw)
-    index = bm25s.BM25(k1=1.2, b=0.75)  # the served BM25's parameters (models.baselines.bm25)
-    index.index(tokenize([corpus.doc_text(i) for i in ids]), show_progress=False)
+    bm25 = BM25Backend.in_memory({i: corpus.doc_text(i) for i in corpus.doc_ids})
     flat = [(d, q) for d, qs in questions.items() for q in qs]
-    tokens = [t or ["<empty>"] for t in tokenize([q for _, q in flat])]
-    rows, _ = index.retrieve(tokens, k=keep_rank, show_progress=False, n_threads=1)
+    answers = bm25.answer([Request("retrieve", query=q, k=keep_rank) for _, q in flat])
     kept: dict[str, list[str]] = {d: [] for d in questions}
-    for (d, q), r in zip(flat, np.asarray(rows)):
-        if d in {ids[int(x)] for x in r}:
+    for (d, q), a in zip(flat, answers):
+        if d in {h.id for h in a.hits}:
             kept[d].append(q)
     stats = {"documents": len(questions), "generated": len(flat), "kept": sum(map(len, kept.values())),
              "documents_with_a_question": sum(1 for v in kept.values() if v), "keep_rank": keep_rank}

@@ -28,15 +28,22 @@ class BM25Backend(Backend):
         self.retriever, self.ids = retriever, ids
 
     @classmethod
-    def build(cls, corpus: dict[str, str], directory: Path, k1: float = 1.2, b: float = 0.75) -> BM25Backend:
+    def in_memory(cls, corpus: dict[str, str], k1: float = 1.2, b: float = 0.75,
+                  show_progress: bool = False) -> BM25Backend:
+        """An index of corpus (doc id -> text) that is not written anywhere; build() saves one."""
         ids = list(corpus)
         retriever = bm25s.BM25(k1=k1, b=b)
-        retriever.index(tokenize([corpus[i] for i in ids]), show_progress=True)
-        directory.mkdir(parents=True, exist_ok=True)
-        retriever.save(str(directory), show_progress=False)
-        (directory / "ids.json").write_text(json.dumps(ids))
-        write_meta(directory, backend=cls.name, docs=len(ids), k1=k1, b=b)
+        retriever.index(tokenize([corpus[i] for i in ids]), show_progress=show_progress)
         return cls(retriever, ids)
+
+    @classmethod
+    def build(cls, corpus: dict[str, str], directory: Path, k1: float = 1.2, b: float = 0.75) -> BM25Backend:
+        backend = cls.in_memory(corpus, k1, b, show_progress=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        backend.retriever.save(str(directory), show_progress=False)
+        (directory / "ids.json").write_text(json.dumps(backend.ids))
+        write_meta(directory, backend=cls.name, docs=len(backend.ids), k1=k1, b=b)
+        return backend
 
     @classmethod
     def load(cls, directory: Path) -> BM25Backend:
