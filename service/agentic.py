@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from models.backend import Request
-from models.exsearch.loop import AgentConfig, SearchAgent, Trace, agent_id, load_trained
+from models.exsearch.loop import AgentConfig, SearchAgent, Trace, load_served
 from models.exsearch.loop import looks_like_question as looks_like_question  # the gateway's mode=auto rule
 
 log = structlog.get_logger("unisr.agentic")
@@ -85,21 +85,15 @@ class AgentService:
         <artifacts>/agent/student when it is the clone of the LM loaded here."""
 
         from indexing.data import load_multihop
-        from models.causal_lm import fast_dtype, load_causal_lm
         from models.registry import load_backend
 
         retriever = retriever or load_backend(artifacts, "retrieve", "bm25")
         passages = load_multihop(data_dir / "strategyqa")
         agent_dir = artifacts / "agent"
-        if lm_path is None and (agent_dir / "meta.json").exists():
-            model, tok, config, meta = load_trained(agent_dir)
-            name, trained = f"{agent_dir.name}/{meta['model']} (EM-trained)", True
-            teacher_id = agent_id(agent_dir)
-        else:
-            model, tok = load_causal_lm(lm_path, dtype=fast_dtype())
-            config = AgentConfig(few_shot=True)
-            name, trained = f"{Path(lm_path).name if lm_path else 'smollm2-135m-instruct'} (untrained, few-shot)", False
-            teacher_id = "base" if lm_path is None else str(lm_path)
+        model, tok, config, teacher_id, meta = load_served(agent_dir, lm_path)
+        trained = meta is not None
+        name = (f"{agent_dir.name}/{meta['model']} (EM-trained)" if trained else
+                f"{Path(lm_path).name if lm_path else 'smollm2-135m-instruct'} (untrained, few-shot)")
         clone = None
         if student:
             clone = load_student(agent_dir / "student", teacher_id, retriever, passages, config)

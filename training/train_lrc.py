@@ -220,16 +220,11 @@ def agent_traces(agent_dir: Path, data_dir: Path, n: int) -> tuple[Path | None, 
     worked example, as the gateway serves it), its id, and the full texts (prompt, actions, retrieved passages) of
     its traces on the first n training questions: what the student must learn to continue like the teacher."""
     from indexing.data import load_multihop
-    from models.causal_lm import fast_dtype
-    from models.exsearch.loop import AgentConfig, SearchAgent, load_trained
+    from models.exsearch.loop import SearchAgent, load_served
     from models.registry import load_backend
 
-    if (agent_dir / "meta.json").exists():
-        model, tok, config, meta = load_trained(agent_dir)
-        path, teacher_id = agent_dir / meta["model"], agent_id(agent_dir)
-    else:
-        model, tok = load_causal_lm(None, dtype=fast_dtype())
-        config, path, teacher_id = AgentConfig(few_shot=True), None, "base"
+    model, tok, config, teacher_id, meta = load_served(agent_dir)
+    path = agent_dir / meta["model"] if meta else None
     data = load_multihop(data_dir / "strategyqa")
     agent = SearchAgent(model, tok, load_backend(agent_dir.parent, "retrieve", "bm25"), data, config)
     texts = [agent.run(q["question"]).context for q in tqdm(data.split("train")[:n], desc="teacher traces")]

@@ -398,6 +398,19 @@ def agent_id(agent_dir: Path) -> str:
     return f"{meta['model']}@{meta.get('built_at', '')}"
 
 
+def load_served(agent_dir: Path, lm_path: str | None = None):
+    """The LM the gateway serves as the agent: with lm_path that LM, untrained (the worked example in its prompt);
+    else the EM-trained agent in agent_dir, else the base LM, untrained. (model, tokenizer, AgentConfig, its id:
+    agent_id(agent_dir), "base" or lm_path, meta of the trained agent or None)."""
+    from models.causal_lm import fast_dtype, load_causal_lm
+
+    if lm_path is None and (Path(agent_dir) / "meta.json").exists():
+        model, tok, config, meta = load_trained(agent_dir)
+        return model, tok, config, agent_id(agent_dir), meta
+    model, tok = load_causal_lm(lm_path, dtype=fast_dtype())
+    return model, tok, AgentConfig(few_shot=True), "base" if lm_path is None else str(lm_path), None
+
+
 def load_trained(agent_dir: Path):
     """The EM-trained agent that training.train_exsearch saved in agent_dir: (model, tokenizer, AgentConfig, meta),
     the LM of its last round (meta["model"]) and the loop settings it was trained with, without the worked example."""
