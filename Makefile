@@ -11,7 +11,7 @@ EPOCHS   = $(if $(1),--epochs $(1))
 QG_FILE  = data/strategyqa-facts/pseudo-queries/kept.jsonl
 QG       = $(if $(filter 1,$(DOCID_QG)),--pseudo-queries $(QG_FILE))
 
-.PHONY: install data lm artifacts agent agent-student gems gems-student ml1m collab-info evolve serve test eval eval-diffugr eval-agent bench-docid \
+.PHONY: install data lm artifacts agent agent-student gems gems-student ml1m collab-info evolve evolve-gems serve test eval eval-diffugr eval-agent bench-docid \
         loadtest lint clean serve-ray
 
 $(BIN)/.installed: pyproject.toml
@@ -113,6 +113,11 @@ $(ART)/search/bm25/meta.json:
 evolve: data
 	$(BIN)/python -m training.evolve
 	$(BIN)/python -m training.evolve --methods none,flashback:0.1,flashback:1.0 --latent-weight 0 --tag no-latent
+
+# the same loop for the GEMS model: its recommendation subspace updated round by round, Joint Flashback Adaptation
+# against naive / replay / none (results/evolve-gems-ml100k.*; ~1 h on one thread)
+evolve-gems: artifacts
+	$(BIN)/python -m training.evolve_gems --threads 1
 
 serve: data lm
 	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json

@@ -199,21 +199,28 @@ def update(model: SASRec, method: str, window: dict, past: list[list[int]], cfg:
     return model.eval()
 
 
+def base_sasrec(split: dict, cfg: EvolveConfig, cache: Path) -> Path:
+    """The base SASRec trained on the past, kept in cache per (cut, base_epochs, seed) so runs that vary only the
+    update (and training.evolve_gems, whose item tokens it builds) reuse it; returns its directory."""
+    where = cache / f"base-cut{cfg.cut}-e{cfg.base_epochs}-s{cfg.seed}"
+    if not (where / "model.safetensors").exists():
+        random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
+        past = [s for s in split["base"].values() if len(s) >= 2]
+        train_base(past, len(split["items"]), cfg).save(where, split["items"])
+    return where
+
+
 def run(data_dir: Path, cfg: EvolveConfig, methods=METHODS, cache: Path | None = None) -> dict:
-    """cache: a directory where the base model is kept per (cut, base_epochs, seed), so runs that vary only the
-    update reuse it."""
+    """cache: a directory where the base model is kept (base_sasrec), so runs that vary only the update reuse it."""
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     split = time_split(data_dir, cfg)
     items = split["items"]
     past = [s for s in split["base"].values() if len(s) >= 2]
     t0 = time.time()
-    where = cache / f"base-cut{cfg.cut}-e{cfg.base_epochs}-s{cfg.seed}" if cache else None
-    if where is not None and (where / "model.safetensors").exists():
-        base, _ = SASRec.from_dir(where)
+    if cache is not None:
+        base, _ = SASRec.from_dir(base_sasrec(split, cfg, cache))
     else:
         base = train_base(past, len(items), cfg)
-        if where is not None:
-            base.save(where, items)
     rows = []
     for spec in methods:
         method, mcfg = method_config(spec, cfg)

@@ -87,15 +87,16 @@ def item_rows(split: dict) -> list[str | None]:
     return [None] + list(split["items"])
 
 
-def new_windows(window: dict, ids: list[str], L: int) -> tuple[list[list[str]], list[int]]:
+def new_windows(window: dict, ids: list[str] | None, L: int) -> tuple[list[list[str]], list[int]]:
     """A future window's training sequences: each user's items up to the window's end, tiled into windows of L + 1
-    items, with the index of the first item inside the window (the targets learned; the earlier ones are context)."""
+    items, with the index of the first item inside the window (the targets learned; the earlier ones are context).
+    window: user -> (items before, items inside), as indices into `ids` (or item ids themselves with ids=None)."""
     seqs, firsts = [], []
     for before, inside in window.values():
         full = before + inside
         for inp, tgt in training_windows(full, L, first_target=len(before)):
             seq = inp + [tgt[-1]]
-            seqs.append([ids[i] for i in seq])
+            seqs.append([ids[i] for i in seq] if ids is not None else seq)
             firsts.append(next(n + 1 for n, t in enumerate(tgt) if t))
     return seqs, firsts
 
@@ -207,14 +208,16 @@ def add_into(total: dict, grads: dict) -> None:
 
 
 def update(model, method: str, head: torch.Tensor, new: tg.Encoded, replay: tg.Encoded | None, flash: dict,
-           n_lower: int, vocab: ItemVocab, cfg: EvolveGEMSConfig, rng: random.Random) -> tuple:
-    """One round of `method`; returns (the updated copy, mean losses). Only the D of cfg.subspaces move."""
+           n_lower: int, vocab: ItemVocab, cfg: EvolveGEMSConfig, rng: random.Random,
+           gcfg: gems.GEMSConfig | None = None) -> tuple:
+    """One round of `method`; returns (the updated copy, mean losses). Only the D of cfg.subspaces move (the
+    gradient subspaces' rank and refresh from gcfg, the model's GEMS config)."""
     if method == "none":
         return model, {}
     only = tuple(cfg.subspaces.split(","))
     reference = model
     model = copy.deepcopy(model)
-    gcfg = gems.GEMSConfig(variant="gems", form="grad")
+    gcfg = gcfg or gems.GEMSConfig(variant="gems", form="grad")
     gopt = gems.GradientSubspaceOptimizer(model, gcfg, cfg.lr, only=only)
     for p in moving_deltas(model, only):
         p.requires_grad_(True)
@@ -280,6 +283,115 @@ def latent_task_grads(model, before: dict, only: tuple[str, ...], a: float, new:
         with torch.no_grad():
             for p, v in zip(params, saved):
                 p.copy_(v)
+
+
+# ------------------------------------------------------------------ the live loop's GEMS side (training.optimiser)
+class GEMSUpdater:
+    """The served GEMS checkpoint, updated by rounds of served events (training.optimiser --models gems): each round
+    moves the recommendation subspace (cfg.subspaces) with `method` on the round's new interactions, with the old
+    tasks' flashbacks drawn from the training split (recommendation and search prompts, general text); the null
+    space of the training run is recomputed from the same general-domain sentences, so updates keep it."""
+
+    def __init__(self, directory: Path, data_dir: Path, cfg: EvolveGEMSConfig | None = None, method: str = "jfa",
+                 old: list | None = None):
+        from models.gems.backend import GEMSModel
+
+        self.cfg, self.method = cfg or EvolveGEMSConfig(), method
+        if method not in METHODS[1:]:
+            raise ValueError(f"unknown GEMS update {method!r}; known: {', '.join(METHODS[1:])}")
+        self.directory = Path(directory)
+        served = GEMSModel(self.directory, dtype=torch.float32, student=False)
+        self.model, self.tok, self.vocab, self.head = served.model, served.tok, served.vocab, served.item_head
+        self.gcfg, self.meta = gems.load_config(self.directory)
+        self.history, self.search_history = served.history, served.search_history
+        self.n_lower = len(self.model.model.layers) - self.gcfg.top_layers
+        data = load_recsys(data_dir / "ml100k")
+        null_texts, _ = general_texts(data_dir, int(self.meta.get("general_texts", tg.TrainConfig.general_texts)))
+        if self.gcfg.null_space:
+            batches = [self.tok(null_texts[i:i + 16], return_tensors="pt", padding=True, truncation=True,
+                                max_length=64) for i in range(0, len(null_texts), 16)]
+            gems.protect(self.model, gems.protected_directions(
+                self.model, [(b["input_ids"], b["attention_mask"]) for b in batches], self.gcfg.null_energy))
+        rng = random.Random(self.cfg.seed)
+        train = [e for e in data.examples("train") if e.target in self.vocab.row]
+        picked = rng.sample(train, min(self.cfg.flashbacks, len(train)))
+        self.flash = {"recommend": self.cached([(recommend_prompt(self.vocab, e.history, self.history), e.target,
+                                                 e.history) for e in picked]),
+                      "search": self.cached([(search_prompt(e.query, self.vocab, e.history, self.search_history),
+                                              e.target, e.history) for e in picked]),
+                      "text": TextStates(self.tok, null_texts[:self.cfg.flashbacks])}
+        self.flash["text"].enc.cache_lower(self.model, self.n_lower, desc="flashbacks text")
+        windows = [w for seq in rng.sample(list(data.train_sequences().values()),
+                                           min(self.cfg.replay_windows, len(data.sequences)))
+                   for w in [[i for i in seq if i in self.vocab.row][-(self.history + 1):]] if len(w) >= 2]
+        self.replay = tg.Encoded(self.tok, self.vocab, sequences=windows)
+        self.replay.cache_lower(self.model, self.n_lower, desc="replay")
+        self.old = [(h, t, q) for h, t, q in (old or []) if t in self.vocab.row]
+        self.old_enc = {"recommend": self.cached(self.rows(self.old, "recommend")),
+                        "search": self.cached(self.rows(self.old, "search"))}
+
+    def cached(self, rows: list[tuple]) -> tg.Encoded:
+        enc = tg.Encoded(self.tok, self.vocab, rows)
+        enc.cache_lower(self.model, self.n_lower)
+        return enc
+
+    def rows(self, cases: list[tuple], task: str) -> list[tuple]:
+        """(history, target, query) cases -> (prompt, target, history) rows of the task."""
+        if task == "search":
+            return [(search_prompt(q, self.vocab, h, self.search_history), t, h) for h, t, q in cases]
+        return [(recommend_prompt(self.vocab, h, self.history), t, h) for h, t, _ in cases]
+
+    def hr10(self, model, enc: tg.Encoded, rows: list[tuple], task: str) -> float:
+        return cached_rank(model, enc, rows, self.head, self.n_lower, task, self.vocab)["hit_rate@10"] if rows else 0.0
+
+    def learn(self, window: dict[str, tuple[list[str], list[str]]], held: list[tuple]) -> tuple:
+        """window: user -> (items before the round, items of the round learned); held: (history, target, query)
+        cases of the newest period, not learned. Returns (the candidate, its figures beside the served model's)."""
+        window = {u: ([i for i in b if i in self.vocab.row], [i for i in s if i in self.vocab.row])
+                  for u, (b, s) in window.items()}
+        seqs, firsts = new_windows({u: w for u, w in window.items() if w[1]}, None, self.history)
+        new = tg.Encoded(self.tok, self.vocab, sequences=seqs, first_targets=firsts)
+        new.cache_lower(self.model, self.n_lower, desc="new events")
+        candidate, losses = update(self.model, self.method, self.head, new, self.replay, self.flash, self.n_lower,
+                                   self.vocab, self.cfg, random.Random(self.cfg.seed), self.gcfg)
+        held = [(h, t, q) for h, t, q in held if t in self.vocab.row]
+        held_rows = self.rows(held, "recommend")
+        held_enc = self.cached(held_rows) if held_rows else None
+        figures = {"method": self.method, "held_out": len(held_rows), "losses": losses}
+        for key, enc, rows, task in (("newest_hr10", held_enc, held_rows, "recommend"),
+                                     ("old_hr10", self.old_enc["recommend"], self.rows(self.old, "recommend"),
+                                      "recommend"),
+                                     ("search_hr10", self.old_enc["search"], self.rows(self.old, "search"), "search")):
+            figures[key] = {"served": round(self.hr10(self.model, enc, rows, task), 4),
+                            "candidate": round(self.hr10(candidate, enc, rows, task), 4)}
+        return candidate, figures
+
+    def save(self, candidate, out: Path, **meta) -> None:
+        """The candidate as a served GEMS checkpoint at out: the served one's files (item IDs, the vLLM base: the
+        item tokens and head do not move), new adapters and peft exports, meta. The student is left out: it was
+        cloned from the old teacher."""
+        import shutil
+
+        out.mkdir(parents=True, exist_ok=True)
+        for f in self.directory.iterdir():
+            if f.name in ("adapters.safetensors", "gems_config.json", "meta.json", "peft") or \
+                    f.name.startswith("student"):
+                continue
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, out / f.name)
+        emb = self.model.get_input_embeddings().weight
+        first = self.vocab.first_token
+        gems.save_adapters(candidate, self.gcfg, out, {
+            "item_head": self.head, "item_embeddings": emb[first:first + len(self.vocab.tokens())].detach().clone()},
+            **self.meta)
+        for t in self.gcfg.tasks:
+            gems.export_peft(candidate, self.gcfg, t, out / "peft" / t)
+        from models.artifacts import read_meta, write_meta
+
+        write_meta(out, **{**{k: v for k, v in read_meta(self.directory).items() if k != "built_at"}, **meta})
+
+    def accept(self, candidate) -> None:
+        """The candidate is served from now on: the next round starts from it."""
+        self.model = candidate
 
 
 # ------------------------------------------------------------------ the experiment

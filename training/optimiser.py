@@ -1,18 +1,21 @@
 """The optimiser of the self-evolving loop (issue #17): served interactions train the recommender continually.
 
 It consumes the gateway's event stream (POST /events -> the Redis stream `unisr:events`) through a Redis consumer
-group, and every `--every` events (or once the oldest waited `--max-wait-s`) fine-tunes the served SASRec on them
-(training.evolve.update: naive, replay or flashback), validates the candidate against the served checkpoint, and
-publishes it as a new artifacts version (models.artifacts.publish_version) that the gateway swaps in (it follows
-artifacts/CURRENT). A worse candidate is kept out and logged with its figures (artifacts/jobs/optimiser.jsonl).
+group, and every `--every` events (or once the oldest waited `--max-wait-s`) fine-tunes the served recommenders
+(`--models`) on them: SASRec (training.evolve.update: naive, replay or flashback) and GEMS's recommendation subspace
+(training.evolve_gems.GEMSUpdater: naive, replay or Joint Flashback Adaptation). Each candidate is validated against
+the served checkpoint, and the accepted ones are published together as a new artifacts version
+(models.artifacts.publish_version) that the gateway swaps in (it follows artifacts/CURRENT). A worse candidate is
+kept out and logged with its figures (artifacts/jobs/optimiser.jsonl).
 
 Exactly once, across crashes: entries are acknowledged (XACK) only after their round was published or rejected;
 entries delivered but not acknowledged (a crash mid-round) are read again first on the next start; and each
-published checkpoint records the last stream id it learned (`events_through` in recommend/sasrec/meta.json), so
-entries of a round that was published just before a crash (not yet acknowledged) are acknowledged, not learned
-again.
+published checkpoint records the last stream id it learned (`events_through` in recommend/sasrec/meta.json and
+gems/meta.json), so entries of a round that was published just before a crash (not yet acknowledged) are
+acknowledged, not learned again by that model.
 
     python -m training.optimiser --redis-url redis://127.0.0.1:6379/0 --artifacts artifacts/v1 --every 500
+    python -m training.optimiser ... --models sasrec,gems       # GEMS too (needs artifacts/v1/gems: make gems)
 
 Validation: the candidate must not be worse than the served model on the round's held-out slice (each user's
 last event of the round, not trained on: the newest period) and must keep the old period (the leave-one-out test
@@ -38,16 +41,24 @@ from training.common import add_threads_arg, set_threads
 from training.evolve import Case, EvolveConfig, evaluate, update
 
 GROUP = "unisr-optimiser"
+MODEL_DIRS = {"sasrec": "recommend/sasrec", "gems": "gems"}  # what each recommender's version holds
 
 
 class Optimiser:
     def __init__(self, r: redis.Redis, stream: str, base: Path, data_dir: Path, every: int, method: str = "replay",
                  consumer: str = "optimiser-1", tolerance: float = 0.01, old_users: int = 943,
-                 cfg: EvolveConfig | None = None, min_gain: float = 0.0):
+                 cfg: EvolveConfig | None = None, min_gain: float = 0.0, models: tuple[str, ...] = ("sasrec",),
+                 gems_method: str = "jfa", gems_cfg=None):
+        unknown = set(models) - set(MODEL_DIRS)
+        if unknown or not models:
+            raise ValueError(f"models must be some of {list(MODEL_DIRS)}, got {list(models)}")
         self.r, self.stream, self.base, self.every, self.method = r, stream, Path(base), every, method
         self.consumer, self.tolerance, self.min_gain = consumer, tolerance, min_gain
+        self.models, self.gems_method, self.gems_cfg, self.gems = tuple(models), gems_method, gems_cfg, None
+        self._gems_candidate = None
         self.cfg = cfg or EvolveConfig()
         self.data = load_recsys(data_dir)
+        self.data_root = Path(data_dir).parent  # general-domain text for GEMS's null space lives beside ml100k
         self.old = self.data.examples("test")[:old_users]
         self.root = self.base.parent / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -69,19 +80,19 @@ class Optimiser:
             out += [(i.decode(), json.loads(f[b"event"])) for i, f in (got[0][1] if got else []) if f]
         return out
 
-    def served_dir(self) -> Path:
-        return served_version(self.base) / "recommend" / "sasrec"
+    def served_dir(self, model: str = "sasrec") -> Path:
+        return served_version(self.base) / MODEL_DIRS[model]
 
-    def learned_through(self) -> str:
-        return read_meta(self.served_dir()).get("events_through", "0-0")
+    def learned_through(self, model: str = "sasrec") -> str:
+        return read_meta(self.served_dir(model)).get("events_through", "0-0")
 
     # ------------------------------------------------------------ one round
     def round(self, entries: list[tuple[str, dict]]) -> dict:
-        """Learn from the entries (those not yet learned), validate, publish or reject; then acknowledge them all."""
-        through = self.learned_through()
-        fresh = [(i, e) for i, e in entries if _id(i) > _id(through)]
-        result = {"events": len(entries), "already_learned": len(entries) - len(fresh)}
-        if fresh:
+        """Learn from the entries (per model, those it has not learned yet), validate, publish or reject; then
+        acknowledge them all."""
+        fresh = {m: [(i, e) for i, e in entries if _id(i) > _id(self.learned_through(m))] for m in self.models}
+        result = {"events": len(entries), "already_learned": len(entries) - max(len(f) for f in fresh.values())}
+        if any(fresh.values()):
             result.update(self.learn(fresh))
         if entries:
             self.r.xack(self.stream, GROUP, *[i for i, _ in entries])
@@ -89,24 +100,66 @@ class Optimiser:
             f.write(json.dumps({**result, "at": time.time()}) + "\n")
         return result
 
-    def learn(self, fresh: list[tuple[str, dict]]) -> dict:
-        current_dir = self.served_dir()
+    def histories(self, fresh: list[tuple[str, dict]]) -> tuple[dict, dict]:
+        """(user -> items before the round: the catalogue's sequence, then their events already in the stream,
+        user -> the round's items), in item ids."""
+        users = {e["user_id"] for _, e in fresh}
+        before: dict[str, list[str]] = {u: list(self.data.sequences.get(u, [])) for u in users}
+        for _, fields in self.r.xrange(self.stream, max="(" + fresh[0][0]):
+            e = json.loads(fields[b"event"])
+            if e["user_id"] in before:
+                before[e["user_id"]].append(e["item_id"])
+        inside: dict[str, list[str]] = {}
+        for _, e in fresh:
+            inside.setdefault(e["user_id"], []).append(e["item_id"])
+        return before, inside
+
+    def learn(self, fresh: dict[str, list[tuple[str, dict]]] | list[tuple[str, dict]]) -> dict:
+        """One round for each model with entries it has not learned (a list: the same entries for every model):
+        a candidate each, validated against the served one; the accepted ones are published together as one new
+        version, each with the last stream id it learned. Held out: each user's last event of the round (the newest
+        period), predicted from everything before it."""
+        if isinstance(fresh, list):
+            fresh = {m: fresh for m in self.models}
+        verdict: dict = {"models": {}, "accepted": []}
+        stage = self.root / "optimiser" / "stage"
+        shutil.rmtree(stage, ignore_errors=True)
+        for name, entries in fresh.items():
+            if not entries:
+                continue
+            before, inside = self.histories(entries)
+            figures, save = (self.learn_sasrec if name == "sasrec" else self.learn_gems)(before, inside)
+            first, last = entries[0][0], entries[-1][0]
+            figures.update(learned=len(entries), first_id=first, last_id=last)
+            ok = (figures["newest_hr10"]["candidate"] >= figures["newest_hr10"]["served"] + self.min_gain
+                  and figures["old_hr10"]["candidate"] >= figures["old_hr10"]["served"] - self.tolerance)
+            figures["accepted"] = ok
+            verdict["models"][name] = figures
+            if ok:
+                out = stage / MODEL_DIRS[name]
+                meta = read_meta(self.served_dir(name))
+                save(out, events_through=last, events_from=first,
+                     learned_events=meta.get("learned_events", 0) + len(entries),
+                     update={k: v for k, v in figures.items() if k != "losses"})
+                verdict["accepted"].append(name)
+        if not verdict["accepted"]:
+            verdict["served"] = str(served_version(self.base).name)
+            return verdict
+        new = publish_version(self.base, stage, [MODEL_DIRS[m] for m in verdict["accepted"]])
+        for name in verdict["accepted"]:
+            if name == "gems":
+                self.gems.accept(self._gems_candidate)
+        shutil.rmtree(stage.parent, ignore_errors=True)
+        verdict["served"] = new.name
+        return verdict
+
+    def learn_sasrec(self, before: dict, inside: dict) -> tuple[dict, callable]:
+        current_dir = self.served_dir("sasrec")
         model, ids = SASRec.from_dir(current_dir)
         index = {i: n + 1 for n, i in enumerate(ids)}
-        # each user's history before the round: the catalogue's sequence, then their events already in the stream
-        users = {e["user_id"] for _, e in fresh}
-        before: dict[str, list[int]] = {u: [index[i] for i in self.data.sequences.get(u, []) if i in index]
-                                        for u in users}
-        first = fresh[0][0]
-        for _, fields in self.r.xrange(self.stream, max="(" + first):
-            e = json.loads(fields[b"event"])
-            if e["user_id"] in before and e["item_id"] in index:
-                before[e["user_id"]].append(index[e["item_id"]])
-        inside: dict[str, list[int]] = {}
-        for _, e in fresh:
-            if e["item_id"] in index:
-                inside.setdefault(e["user_id"], []).append(index[e["item_id"]])
-        # held out: each user's last event of the round (the newest period), predicted from everything before it
+        before = {u: [index[i] for i in s if i in index] for u, s in before.items()}
+        inside = {u: [index[i] for i in s if i in index] for u, s in inside.items()}
+        inside = {u: s for u, s in inside.items() if s}
         held = [Case((before[u] + s[:-1])[-200:], s[-1]) for u, s in inside.items() if len(before[u]) + len(s) > 1]
         window = {u: (before[u], s[:-1]) for u, s in inside.items() if len(s) > 1}
         past = [s for s in (before[u] for u in before) if len(s) >= 2] + [
@@ -118,26 +171,30 @@ class Optimiser:
         old_cases = [Case([index[i] for i in e.history if i in index][-200:], index[e.target]) for e in self.old
                      if e.target in index]
         old_old, old_new = (evaluate(m, ids, old_cases)["hit_rate@10"] for m in (model, candidate))
-        verdict = {"method": self.method, "learned": len(fresh), "first_id": first, "last_id": fresh[-1][0],
-                   "held_out": len(held), "newest_hr10": {"served": round(new_old, 4), "candidate": round(new_new, 4)},
+        figures = {"method": self.method, "held_out": len(held),
+                   "newest_hr10": {"served": round(new_old, 4), "candidate": round(new_new, 4)},
                    "old_hr10": {"served": round(old_old, 4), "candidate": round(old_new, 4)}}
-        accepted = new_new >= new_old + self.min_gain and old_new >= old_old - self.tolerance
-        verdict["accepted"] = accepted
-        if not accepted:
-            verdict["served"] = str(served_version(self.base).name)
-            return verdict
-        stage = self.root / "optimiser" / "stage"
-        shutil.rmtree(stage, ignore_errors=True)
-        out = stage / "recommend" / "sasrec"
-        candidate.save(out, ids)
-        meta = {k: v for k, v in read_meta(current_dir).items() if k != "built_at"}
-        learned = meta.get("learned_events", 0) + len(fresh)
-        write_meta(out, **{**meta, "events_through": fresh[-1][0], "events_from": first, "learned_events": learned,
-                           "update": verdict})
-        new = publish_version(self.base, stage, ["recommend/sasrec"])
-        shutil.rmtree(stage.parent, ignore_errors=True)
-        verdict["served"] = new.name
-        return verdict
+
+        def save(out: Path, **meta) -> None:
+            candidate.save(out, ids)
+            write_meta(out, **{**{k: v for k, v in read_meta(current_dir).items() if k != "built_at"}, **meta})
+
+        return figures, save
+
+    def learn_gems(self, before: dict, inside: dict) -> tuple[dict, callable]:
+        """The served GEMS's recommendation subspace (training.evolve_gems.GEMSUpdater, --gems-method)."""
+        served = self.served_dir("gems").resolve()
+        if self.gems is None or self.gems.directory != served:  # first round, or a version published elsewhere
+            from training.evolve_gems import GEMSUpdater
+
+            old = [(e.history, e.target, e.query) for e in self.old]
+            self.gems = GEMSUpdater(served, self.data_root, self.gems_cfg, self.gems_method, old)
+        window = {u: (before[u], s[:-1]) for u, s in inside.items() if len(s) > 1}
+        held = [((before[u] + s[:-1])[-200:], s[-1], self.data.query_for(u, s[-1])) for u, s in inside.items()
+                if len(before[u]) + len(s) > 1]
+        candidate, figures = self.gems.learn(window, held)
+        self._gems_candidate = candidate
+        return figures, lambda out, **meta: self.gems.save(candidate, out, **meta)
 
     def run(self, rounds: int | None = None, idle_exit_s: float | None = None,
             max_wait_s: float | None = None) -> list[dict]:
@@ -146,7 +203,7 @@ class Optimiser:
         long, and the loop ends when nothing is left."""
         results, seen, last_change, first_seen = [], 0, time.monotonic(), None
         while rounds is None or len(results) < rounds:
-            if not (self.served_dir() / "meta.json").exists():  # SASRec not trained/published yet: wait for it
+            if not all((self.served_dir(m) / "meta.json").exists() for m in self.models):  # not trained yet: wait
                 time.sleep(5)
                 continue
             entries = self.read()
@@ -191,13 +248,17 @@ def main(argv=None) -> None:
                    "waited this long (the 'every M minutes' of the loop)")
     p.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without a new event")
     p.add_argument("--update-epochs", type=int, default=EvolveConfig.update_epochs)
+    p.add_argument("--models", default="sasrec", help="comma-separated recommenders to update: sasrec, gems (the "
+                   "served GEMS's recommendation subspace, training.evolve_gems)")
+    p.add_argument("--gems-method", default="jfa", choices=["naive", "replay", "jfa"])
     add_threads_arg(p, default=1)
     a = p.parse_args(argv)
     set_threads(a.threads)
     torch.manual_seed(0), random.seed(0)
     opt = Optimiser(redis.Redis.from_url(a.redis_url), a.stream, a.artifacts, a.data, a.every, a.method,
                     tolerance=a.tolerance, min_gain=a.min_gain, old_users=a.old_users,
-                    cfg=replace(EvolveConfig(), update_epochs=a.update_epochs))
+                    cfg=replace(EvolveConfig(), update_epochs=a.update_epochs), models=tuple(a.models.split(",")),
+                    gems_method=a.gems_method)
     opt.run(a.rounds, a.idle_exit_s, a.max_wait_s)
 
 

@@ -116,12 +116,14 @@ def item_ids(artifacts: Path, out: Path, scheme: str = "semantic") -> DocIDs:
     return ids
 
 
-def item_features(artifacts: Path, item_list: list[str], dim: int, scale: float, seed: int = 0) -> torch.Tensor:
+def item_features(artifacts: Path, item_list: list[str], dim: int, scale: float, seed: int = 0,
+                  sasrec: Path | None = None) -> torch.Tensor:
     """One row per item (N x dim): its collaborative embedding (the trained SASRec's item embedding) and its content
     embedding (MiniLM of the item text, the dense search index), each centred and L2-normalised, concatenated, and
     mapped to the LM's width by a fixed random orthonormal map (inner products kept), rows scaled to `scale` (the
-    mean norm of the LM's token embeddings). Items are as distinct as their features: not the mean of titles."""
-    model, sas_ids = SASRec.from_dir(artifacts / "recommend" / "sasrec")
+    mean norm of the LM's token embeddings). Items are as distinct as their features: not the mean of titles.
+    `sasrec`: the SASRec checkpoint whose item embedding is the collaborative part (default: the served one)."""
+    model, sas_ids = SASRec.from_dir(sasrec or artifacts / "recommend" / "sasrec")
     collab_all = model.item_emb.weight.detach()[1:].float()
     sas_row = {i: n for n, i in enumerate(sas_ids)}
     dense = artifacts / "search" / "dense"
@@ -164,7 +166,9 @@ class Encoded:
     first is a target, predicted from the items before it)."""
 
     def __init__(self, tok, vocab: ItemVocab, rows: list[tuple[str, str, list[str]]] | None = None,
-                 sequences: list[list[str]] | None = None):
+                 sequences: list[list[str]] | None = None, first_targets: list[int] | None = None):
+        """first_targets: per sequence, the index of its first item that is a target (default 1: all after the
+        first; the continual loop learns only a window's new items, the earlier ones are context)."""
         self.ids, self.pred_pos, self.levels, self.targets = [], [], [], []
         for prompt, target, _ in rows or []:
             p = tok(prompt, add_special_tokens=False)["input_ids"]
@@ -173,14 +177,15 @@ class Encoded:
             self.pred_pos.append([len(p) - 1 + i for i in range(len(t))])
             self.levels.append(list(range(len(t))))
             self.targets.append([int(c) for c in vocab.ids.codes[vocab.row[target]]])
-        for seq in sequences or []:
+        for j, seq in enumerate(sequences or []):
             p = tok(RECOMMEND_TEMPLATE.format(history=""), add_special_tokens=False)["input_ids"]
             toks = [t for i in seq for t in vocab.token_ids(vocab.row[i])]
             L = vocab.length
+            learned = range(max(1, first_targets[j] if first_targets else 1), len(seq))
             self.ids.append(p + toks[:-1])
-            self.pred_pos.append([len(p) + n * L + lv - 1 for n in range(1, len(seq)) for lv in range(L)])
-            self.levels.append([lv for _ in range(1, len(seq)) for lv in range(L)])
-            self.targets.append([int(vocab.ids.codes[vocab.row[i]][lv]) for i in seq[1:] for lv in range(L)])
+            self.pred_pos.append([len(p) + n * L + lv - 1 for n in learned for lv in range(L)])
+            self.levels.append([lv for _ in learned for lv in range(L)])
+            self.targets.append([int(vocab.ids.codes[vocab.row[seq[n]]][lv]) for n in learned for lv in range(L)])
         self.states: list[torch.Tensor] = []
 
     @torch.no_grad()
@@ -480,7 +485,8 @@ def run(out: Path, artifacts: Path, data_dir: Path, variants: list[str], cfg: Tr
 def save_checkpoint(out: Path, model, gcfg, head, tok, vocab: ItemVocab, base, lm, cfg: TrainConfig) -> None:
     emb = base.get_input_embeddings().weight[vocab.first_token:vocab.first_token + len(vocab.tokens())]
     gems.save_adapters(model, gcfg, out, {"item_head": head, "item_embeddings": emb.detach().clone()},
-                       lm=str(lm) if lm else None, history=cfg.history, search_history=cfg.search_history)
+                       lm=str(lm) if lm else None, history=cfg.history, search_history=cfg.search_history,
+                       general_texts=cfg.general_texts)  # the null space's sentences (the continual update's too)
     for t in TASKS:
         gems.export_peft(model, gcfg, t, out / "peft" / t)
     write_meta(out, backend="gems", lm=str(lm) if lm else None, variant=gcfg.variant, itemids="itemids",

@@ -343,12 +343,20 @@ class GradientSubspaceOptimizer:
     refreshed every `refresh` steps. Adam runs in the projected space (state r x d_in): D_shared moves along
     S Adam(S^T (G_1 + G_2)), D_t along T_t Adam(T_t^T G_t), so the tasks' signals meet only where they share
     directions and neither overwrites the other's. With a null space (the layer's protected general-domain input
-    directions U) every update is right-multiplied by I - U U^T: Delta W U = 0, as in the LoRA form."""
+    directions U) every update is right-multiplied by I - U U^T: Delta W U = 0, as in the LoRA form.
+
+    `only` names the subspaces that move (default: all of cfg's). A later update of one task alone (the continual
+    loop, training.evolve_gems: `only=("recommend",)`) moves that task's D and nothing another task reads; without
+    "shared" among them, the task basis is its gradient's own top-r directions."""
 
     def __init__(self, model, cfg: GEMSConfig, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
+                 eps: float = 1e-8, only: tuple[str, ...] | None = None):
         self.mods = {n: m for n, m in modules(model).items() if isinstance(m, GradSubspaceLinear)}
         self.cfg, self.lr, self.betas, self.eps = cfg, lr, betas, eps
+        unknown = set(only or ()) - set(cfg.subspaces)
+        if unknown:
+            raise ValueError(f"no subspace {sorted(unknown)} in this GEMS model; it has {list(cfg.subspaces)}")
+        self.moving = tuple(only) if only else cfg.subspaces
         self.t = 0
         self.state: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
@@ -357,11 +365,11 @@ class GradientSubspaceOptimizer:
         out = {}
         tasks = [t for t in self.cfg.tasks if t in grads]
         shared = None
-        if "shared" in self.cfg.subspaces:
+        if "shared" in self.moving:
             stack = torch.cat([grads[t] / grads[t].norm().clamp(min=1e-12) for t in tasks], dim=1)
             shared = out["shared"] = top_left_vectors(stack, self.cfg.rank)
         for t in tasks:
-            if t in self.cfg.subspaces:
+            if t in self.moving:
                 g = grads[t] if shared is None else grads[t] - shared @ (shared.T @ grads[t])
                 out[t] = top_left_vectors(g, self.cfg.rank)
         return out
@@ -383,6 +391,8 @@ class GradientSubspaceOptimizer:
                         st["m"], st["v"] = rot @ st["m"], (rot.abs() @ st["v"])
                     st["P"] = basis
             for sub in m.D:
+                if sub not in self.moving:
+                    continue
                 st = self.state.get((name, sub))
                 if st is None:
                     continue

@@ -138,6 +138,36 @@ def test_gradient_subspaces_are_complementary_and_respect_the_null_space(lm):
         assert torch.linalg.matrix_rank(m.D["shared"].float(), rtol=1e-4) <= 2 * cfg.rank
 
 
+def test_an_update_of_one_task_moves_only_its_subspace(lm):
+    """The continual loop's update (`only=("recommend",)`): the recommendation subspace moves, inside the null space;
+    the shared and search subspaces stay bit for bit, so the search adapter answers exactly as before."""
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    cfg = gems.GEMSConfig(top_layers=1, form="grad", rank=4, refresh=2)
+    gems.attach(model, cfg)
+    enc = tok(GENERAL, return_tensors="pt", padding=True)
+    dirs = gems.protected_directions(model, [(enc["input_ids"], enc["attention_mask"])], cfg.null_energy)
+    gems.protect(model, dirs)
+    _grad_form_steps(model, tok, cfg, steps=2)  # a trained start: every subspace non-zero
+    before = {(n, s): d.detach().clone() for n, m in gems.modules(model).items() for s, d in m.D.items()}
+    gems.set_task(model, "search")
+    search_before = _logits(model, tok)
+    gems.set_task(model, "recommend")
+    rec_before = _logits(model, tok)
+    opt = gems.GradientSubspaceOptimizer(model, cfg, 1e-2, only=("recommend",))
+    for _ in range(2):
+        model(**tok("History: a b c d e f", return_tensors="pt")).logits.float().pow(2).mean().backward()
+        opt.step({"recommend": gems.layer_gradients(model)})
+    for name, m in gems.modules(model).items():
+        assert torch.equal(m.D["shared"], before[name, "shared"]) and torch.equal(m.D["search"], before[name, "search"])
+        step = m.D["recommend"] - before[name, "recommend"]
+        assert step.norm() > 0 and (step @ dirs[name]).norm() / step.norm() < 1e-4, name
+    assert not torch.allclose(_logits(model, tok), rec_before, atol=1e-4)
+    gems.set_task(model, "search")
+    assert torch.equal(_logits(model, tok), search_before)
+    with pytest.raises(ValueError, match="no subspace"):
+        gems.GradientSubspaceOptimizer(model, cfg, 1e-2, only=("ranking",))
+
+
 def test_grad_form_round_trips_and_exports_to_peft_exactly(lm, tmp_path):
     from peft import PeftModel
 

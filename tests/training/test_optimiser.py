@@ -80,7 +80,7 @@ def test_every_event_is_learned_exactly_once_across_crashes(r, stream, base):
     opt = optimiser(r, stream, base, tolerance=1.0, min_gain=-1.0)
     results = opt.run(idle_exit_s=1.0)
     assert results[0] == {"events": 40, "already_learned": 40}
-    assert [x["learned"] for x in results[1:]] == [40, 40]
+    assert [x["models"]["sasrec"]["learned"] for x in results[1:]] == [40, 40]
     assert r.xpending(stream, GROUP)["pending"] == 0
     metas = [read_meta(base.parent / f"v{n}" / "recommend" / "sasrec") for n in (2, 3, 4)]
     assert [(m["events_from"], m["events_through"]) for m in metas] == [(ids[0], ids[39]), (ids[40], ids[79]),
@@ -92,10 +92,10 @@ def test_a_rejected_candidate_is_never_served(r, stream, base):
     add(r, stream, future_events(40))
     opt = optimiser(r, stream, base, min_gain=1.0)  # an HR@10 gain of 1.0 is impossible
     [result] = opt.run(rounds=1)
-    assert result["accepted"] is False and result["served"] == "v1"
+    assert result["accepted"] == [] and result["models"]["sasrec"]["accepted"] is False and result["served"] == "v1"
     assert not (base.parent / POINTER).exists() and served_version(base) == base
     logged = [json.loads(line) for line in (base.parent / "jobs" / "optimiser.jsonl").read_text().splitlines()]
-    assert logged[-1]["accepted"] is False and "newest_hr10" in logged[-1]  # kept out, with its figures
+    assert logged[-1]["accepted"] == [] and "newest_hr10" in logged[-1]["models"]["sasrec"]  # kept out, with figures
     assert r.xpending(stream, GROUP)["pending"] == 0  # the events were used once; not learned again
 
 
@@ -174,3 +174,90 @@ def test_the_live_loop_swaps_a_learned_recommender_in_without_a_failed_request(l
     assert before["backend"] == after["backend"] == "sasrec"
     # the learned model scores the user's candidates differently (the ranking may or may not move)
     assert [(x["id"], x["score"]) for x in after["results"]] != [(x["id"], x["score"]) for x in before["results"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_gems(artifacts, tmp_path_factory):
+    """A tiny run of the real GEMS pipeline (the paper's form, null space on) into a served layout of its own."""
+    from training.train_gems import TrainConfig, run
+
+    root = tmp_path_factory.mktemp("gems-art")
+    for task in ("search", "recommend"):
+        (root / task).mkdir()
+        for d in (artifacts / task).iterdir():
+            (root / task / d.name).symlink_to(d)
+    cfg = TrainConfig(search_examples=64, recommend_users=16, epochs=1, batch_size=16, eval_users=8, beam=10,
+                      general_texts=32, history=20)
+    run(root / "gems", root, ROOT / "data", ["gems"], cfg, None, root / "results", {"top_layers": 2},
+        baselines=False)
+    return root
+
+
+@pytest.fixture
+def gems_base(tiny_gems, base):
+    """The cheap backends (`base`) plus the tiny GEMS checkpoint, as version v1."""
+    import shutil
+
+    shutil.copytree(tiny_gems / "gems", base / "gems")
+    for task in ("search", "recommend"):
+        shutil.copytree(tiny_gems / task / "gems", base / task / "gems")
+    return base
+
+
+def test_gems_learns_a_round_in_its_recommendation_subspace_once_and_is_served(r, stream, gems_base, settings):
+    """--models sasrec,gems: both candidates published in one version; GEMS's recommendation subspace moved and its
+    shared and search subspaces did not; entries a published round learned are not learned again after a crash
+    before the acknowledgement; the gateway on the new version answers /recommend?backend=gems with the new model."""
+    from safetensors.torch import load_file
+
+    ids = add(r, stream, future_events(40))
+    small = small_gems_config()
+    kw = dict(tolerance=1.0, min_gain=-1.0, models=("sasrec", "gems"), gems_cfg=small)
+    opt = optimiser(r, stream, gems_base, **kw)
+    entries = opt.read()
+    user = entries[0][1]["user_id"]
+    before = recommend_with_gems(settings, gems_base, user)  # v1: CURRENT does not exist yet
+    result = opt.learn(entries)  # published, then "crashes" before acknowledging
+    assert result["accepted"] == ["sasrec", "gems"] and result["served"] == "v2", result
+    figures = result["models"]["gems"]
+    assert figures["learned"] == 40 and figures["held_out"] > 0 and {"new", "flashback", "latent"} <= set(
+        figures["losses"])
+    v1, v2 = gems_base, gems_base.parent / "v2"
+    assert read_meta(v2 / "gems")["events_through"] == ids[-1] and read_meta(v2 / "gems")["learned_events"] == 40
+    old, new = (load_file(str(v / "gems" / "adapters.safetensors")) for v in (v1, v2))
+    moved = {k for k in old if not torch.equal(old[k], new[k])}
+    assert moved and all(k.endswith(".D.recommend") for k in moved), sorted(moved)[:5]
+    assert (v2 / "gems" / "peft" / "recommend" / "adapter_config.json").exists()
+    again = optimiser(r, stream, gems_base, **kw).round(entries)  # the restart: acknowledged, not learned again
+    assert again == {"events": 40, "already_learned": 40}
+    assert recommend_with_gems(settings, gems_base, user) != before  # the gateway follows CURRENT to v2
+
+
+def recommend_with_gems(settings, artifacts, user: str) -> list[tuple[str, float]]:
+    """/recommend?backend=gems for the user from a gateway on `artifacts` (it serves the version CURRENT names)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"artifacts_dir": artifacts}))) as client:
+        body = client.get("/recommend", params={"user_id": user, "backend": "gems", "k": 10,
+                                                "latency_budget_ms": 60_000}).json()
+    assert body["backend"] == "gems" and not body["degraded"] and len(body["results"]) == 10, body
+    return [(x["id"], x["score"]) for x in body["results"]]
+
+
+def test_a_rejected_gems_candidate_is_never_served(r, stream, gems_base):
+    add(r, stream, future_events(40))
+    small = small_gems_config()
+    opt = optimiser(r, stream, gems_base, min_gain=1.0, models=("gems",), gems_cfg=small)
+    [result] = opt.run(rounds=1)
+    assert result["accepted"] == [] and result["served"] == "v1" and served_version(gems_base) == gems_base
+    logged = json.loads((gems_base.parent / "jobs" / "optimiser.jsonl").read_text().splitlines()[-1])
+    assert logged["models"]["gems"]["accepted"] is False and "search_hr10" in logged["models"]["gems"]
+    assert r.xpending(stream, GROUP)["pending"] == 0
+
+
+def small_gems_config():
+    from training.evolve_gems import EvolveGEMSConfig
+
+    return EvolveGEMSConfig(update_epochs=1, flashbacks=16, flashback_batch=4, replay_windows=16)
