@@ -114,10 +114,11 @@ evolve: data
 	$(BIN)/python -m training.evolve
 	$(BIN)/python -m training.evolve --methods none,flashback:0.1,flashback:1.0 --latent-weight 0 --tag no-latent
 
-# the same loop for the GEMS model: its recommendation subspace updated round by round, Joint Flashback Adaptation
-# against naive / replay / none (results/evolve-gems-ml100k.*; ~1 h on one thread)
+# the same loop for the GEMS model: its recommendation subspace (then shared + recommendation) updated round by
+# round, Joint Flashback Adaptation against naive / replay / none (results/evolve-gems-ml100k*; ~1.5 h, one thread)
 evolve-gems: artifacts
 	$(BIN)/python -m training.evolve_gems --threads 1
+	$(BIN)/python -m training.evolve_gems --threads 1 --subspaces shared,recommend --tag shared
 
 serve: data lm
 	$(MAKE) --no-print-directory $(ART)/search/bm25/meta.json

@@ -75,7 +75,7 @@ class EvolveGEMSConfig:
     flashback_batch: int = 16  # flashbacks of each kind per step
     flashback_weight: float = 1.0
     latent_weight: float = 0.5
-    eval_cases: int = 400  # sampled test cases per window / old period / search (the same for every method)
+    eval_cases: int = 2000  # sampled test cases per window / old period / search (the same for every method)
     general_texts: int = 200  # general-domain sentences: the null space, and as many for perplexity
     max_windows: int | None = None  # cap on the training windows of the base and of each round (smoke tests)
     seed: int = 0
