@@ -18,8 +18,9 @@ acknowledged, not learned again by that model.
     python -m training.optimiser ... --models sasrec,gems       # GEMS too (needs artifacts/v1/gems: make gems)
 
 Validation: the candidate must not be worse than the served model on the round's held-out slice (each user's
-last event of the round, not trained on: the newest period) and must keep the old period (the leave-one-out test
-split's HR@10 on --old-users users) within --tolerance.
+last event of the round, not trained on: the newest period) and must keep the old tasks within --tolerance: the
+old period (the leave-one-out test split's HR@10 on --old-users users) and, for GEMS, personalised search on the
+same users' queries.
 """
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ class Optimiser:
             first, last = entries[0][0], entries[-1][0]
             figures.update(learned=len(entries), first_id=first, last_id=last)
             ok = (figures["newest_hr10"]["candidate"] >= figures["newest_hr10"]["served"] + self.min_gain
-                  and figures["old_hr10"]["candidate"] >= figures["old_hr10"]["served"] - self.tolerance)
+                  and all(figures[k]["candidate"] >= figures[k]["served"] - self.tolerance
+                          for k in ("old_hr10", "search_hr10") if k in figures))  # the old tasks kept
             figures["accepted"] = ok
             verdict["models"][name] = figures
             if ok:
