@@ -84,6 +84,10 @@ class Optimiser:
     def served_dir(self, model: str = "sasrec") -> Path:
         return served_version(self.base) / MODEL_DIRS[model]
 
+    def served(self) -> list[str]:
+        """The models of --models that have a served checkpoint (one trained later joins from its next round)."""
+        return [m for m in self.models if (self.served_dir(m) / "meta.json").exists()]
+
     def learned_through(self, model: str = "sasrec") -> str:
         return read_meta(self.served_dir(model)).get("events_through", "0-0")
 
@@ -91,7 +95,7 @@ class Optimiser:
     def round(self, entries: list[tuple[str, dict]]) -> dict:
         """Learn from the entries (per model, those it has not learned yet), validate, publish or reject; then
         acknowledge them all."""
-        fresh = {m: [(i, e) for i, e in entries if _id(i) > _id(self.learned_through(m))] for m in self.models}
+        fresh = {m: [(i, e) for i, e in entries if _id(i) > _id(self.learned_through(m))] for m in self.served()}
         result = {"events": len(entries), "already_learned": len(entries) - max(len(f) for f in fresh.values())}
         if any(fresh.values()):
             result.update(self.learn(fresh))
@@ -205,7 +209,7 @@ class Optimiser:
         long, and the loop ends when nothing is left."""
         results, seen, last_change, first_seen = [], 0, time.monotonic(), None
         while rounds is None or len(results) < rounds:
-            if not all((self.served_dir(m) / "meta.json").exists() for m in self.models):  # not trained yet: wait
+            if not self.served():  # none trained/published yet: wait for one
                 time.sleep(5)
                 continue
             entries = self.read()

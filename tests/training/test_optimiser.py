@@ -261,3 +261,10 @@ def small_gems_config():
     from training.evolve_gems import EvolveGEMSConfig
 
     return EvolveGEMSConfig(update_epochs=1, flashbacks=16, flashback_batch=4, replay_windows=16)
+
+
+def test_a_model_not_trained_yet_joins_later_and_unknown_models_are_refused(r, stream, base):
+    """compose runs `--models sasrec,gems` from the start: until GEMS is published, rounds learn SASRec only."""
+    assert optimiser(r, stream, base, models=("sasrec", "gems")).served() == ["sasrec"]
+    with pytest.raises(ValueError, match="models must be some of"):
+        optimiser(r, stream, base, models=("ranker",))
