@@ -243,6 +243,13 @@ def _hits(rows: list[dict], key: str) -> np.ndarray:
     return np.array([c == "1" for r in rows for c in r[key]], dtype=float)
 
 
+def paired_gain(key: str, mine: np.ndarray, theirs: np.ndarray) -> dict[str, float]:
+    """{key_gain, key_gain_se}: the mean paired difference of two methods' hits on the same cases, and its SE."""
+    d = mine - theirs
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return {f"{key}_gain": round(float(d.mean()), 4), f"{key}_gain_se": round(float(se), 4)}
+
+
 def summary(result: dict, reference: str = "none") -> list[dict]:
     """Per method: new-period HR@10 / NDCG@10 pooled over the update rounds (1..R), old-period HR@10 after the last
     round, and each one's paired difference from `reference` (same cases) with its standard error."""
@@ -258,9 +265,7 @@ def summary(result: dict, reference: str = "none") -> list[dict]:
                "old_hr10": round(float(old.mean()), 4), "old_n": len(old)}
         if ref is not None:
             for key, mine, theirs in (("new", new, _hits(ref, "new_hits")), ("old", old, _hits(ref[-1:], "old_hits"))):
-                d = mine - theirs
-                row[f"{key}_gain"] = round(float(d.mean()), 4)
-                row[f"{key}_gain_se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)
+                row.update(paired_gain(key, mine, theirs))
         out.append(row)
     return out
 

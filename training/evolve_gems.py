@@ -528,9 +528,7 @@ def summary(result: dict, reference: str = "none") -> list[dict]:
                                       ("old", evolve._hits(rows[-1:], "old_hits"), evolve._hits(ref[-1:], "old_hits")),
                                       ("search", evolve._hits(rows[-1:], "search_hits"),
                                        evolve._hits(ref[-1:], "search_hits"))):
-                d = mine - theirs
-                row[f"{key}_gain"] = round(float(d.mean()), 4)
-                row[f"{key}_gain_se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)
+                row.update(evolve.paired_gain(key, mine, theirs))
         out.append(row)
     return out
 

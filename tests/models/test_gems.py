@@ -115,15 +115,21 @@ def _grad_form_steps(model, tok, cfg, steps=3, lr=1e-2):
     return opt, grads
 
 
-def test_gradient_subspaces_are_complementary_and_respect_the_null_space(lm):
-    """The paper's form: each layer's shared basis and task bases are orthonormal and mutually orthogonal, every
-    update lies in them (so D_shared has rank <= r x refreshes), and with a null space Delta W U = 0."""
+def _protected_grad_form(lm):
+    """The LM with the paper's GEMS on its top block and the general-domain null space protected."""
     model, tok = copy.deepcopy(lm[0]), lm[1]
     cfg = gems.GEMSConfig(top_layers=1, form="grad", rank=4, refresh=2)
     gems.attach(model, cfg)
     enc = tok(GENERAL, return_tensors="pt", padding=True)
     dirs = gems.protected_directions(model, [(enc["input_ids"], enc["attention_mask"])], cfg.null_energy)
     gems.protect(model, dirs)
+    return model, tok, cfg, dirs
+
+
+def test_gradient_subspaces_are_complementary_and_respect_the_null_space(lm):
+    """The paper's form: each layer's shared basis and task bases are orthonormal and mutually orthogonal, every
+    update lies in them (so D_shared has rank <= r x refreshes), and with a null space Delta W U = 0."""
+    model, tok, cfg, dirs = _protected_grad_form(lm)
     opt, grads = _grad_form_steps(model, tok, cfg, steps=3)
     assert -1 <= gems.gradient_cosine(grads) <= 1
     eye = torch.eye(cfg.rank)
@@ -141,12 +147,7 @@ def test_gradient_subspaces_are_complementary_and_respect_the_null_space(lm):
 def test_an_update_of_one_task_moves_only_its_subspace(lm):
     """The continual loop's update (`only=("recommend",)`): the recommendation subspace moves, inside the null space;
     the shared and search subspaces stay bit for bit, so the search adapter answers exactly as before."""
-    model, tok = copy.deepcopy(lm[0]), lm[1]
-    cfg = gems.GEMSConfig(top_layers=1, form="grad", rank=4, refresh=2)
-    gems.attach(model, cfg)
-    enc = tok(GENERAL, return_tensors="pt", padding=True)
-    dirs = gems.protected_directions(model, [(enc["input_ids"], enc["attention_mask"])], cfg.null_energy)
-    gems.protect(model, dirs)
+    model, tok, cfg, dirs = _protected_grad_form(lm)
     _grad_form_steps(model, tok, cfg, steps=2)  # a trained start: every subspace non-zero
     before = {(n, s): d.detach().clone() for n, m in gems.modules(model).items() for s, d in m.D.items()}
     gems.set_task(model, "search")
