@@ -166,10 +166,6 @@ def moving_deltas(model, subspaces: tuple[str, ...]) -> list[torch.nn.Parameter]
     return [m.D[s] for m in gems.modules(model).values() for s in subspaces if s in m.D]
 
 
-def symmetric_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    return evolve.symmetric_kl(p_logits, q_logits)
-
-
 def flashback_divergence(model, reference, flash: dict, n_lower: int, head: torch.Tensor, vocab: ItemVocab,
                          task: str, rng: random.Random, k: int) -> torch.Tensor | None:
     """The symmetric KL between the model's and the frozen pre-update model's outputs on k flashbacks of each old
@@ -185,7 +181,7 @@ def flashback_divergence(model, reference, flash: dict, n_lower: int, head: torc
             hr, lv, _ = tg.top_states(reference, enc, idx, n_lower)
             ref = tg.item_logits(hr, lv, head, vocab)
         hs, lv, _ = tg.top_states(model, enc, idx, n_lower)
-        terms.append(symmetric_kl(tg.item_logits(hs, lv, head, vocab), ref))
+        terms.append(evolve.symmetric_kl(tg.item_logits(hs, lv, head, vocab), ref))
     ts = flash.get("text")
     if ts is not None:
         idx = rng.sample(range(len(ts.enc.ids)), min(k // 2 or 1, len(ts.enc.ids)))
@@ -193,7 +189,7 @@ def flashback_divergence(model, reference, flash: dict, n_lower: int, head: torc
         with torch.no_grad():
             ref, _ = text_logits(reference, ts, idx, n_lower, vocab)
         mine, _ = text_logits(model, ts, idx, n_lower, vocab)
-        terms.append(symmetric_kl(mine, ref))
+        terms.append(evolve.symmetric_kl(mine, ref))
     return sum(terms) if terms else None
 
 
