@@ -385,9 +385,9 @@ class GEMSUpdater:
 
         write_meta(out, **{**{k: v for k, v in read_meta(self.directory).items() if k != "built_at"}, **meta})
 
-    def accept(self, candidate) -> None:
-        """The candidate is served from now on: the next round starts from it."""
-        self.model = candidate
+    def accept(self, candidate, directory: Path) -> None:
+        """The candidate is served from now on (published at `directory`): the next round starts from it."""
+        self.model, self.directory = candidate, Path(directory).resolve()
 
 
 # ------------------------------------------------------------------ the experiment

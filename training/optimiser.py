@@ -152,9 +152,8 @@ class Optimiser:
             verdict["served"] = str(served_version(self.base).name)
             return verdict
         new = publish_version(self.base, stage, [MODEL_DIRS[m] for m in verdict["accepted"]])
-        for name in verdict["accepted"]:
-            if name == "gems":
-                self.gems.accept(self._gems_candidate)
+        if "gems" in verdict["accepted"]:  # the next round continues from it, without reloading it from disk
+            self.gems.accept(self._gems_candidate, new / MODEL_DIRS["gems"])
         shutil.rmtree(stage.parent, ignore_errors=True)
         verdict["served"] = new.name
         return verdict

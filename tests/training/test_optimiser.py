@@ -223,6 +223,7 @@ def test_gems_learns_a_round_in_its_recommendation_subspace_once_and_is_served(r
     assert figures["learned"] == 40 and figures["held_out"] > 0 and {"new", "flashback", "latent"} <= set(
         figures["losses"])
     v1, v2 = gems_base, gems_base.parent / "v2"
+    assert opt.gems.directory == (v2 / "gems").resolve()  # the next round continues from the accepted model
     assert read_meta(v2 / "gems")["events_through"] == ids[-1] and read_meta(v2 / "gems")["learned_events"] == 40
     old, new = (load_file(str(v / "gems" / "adapters.safetensors")) for v in (v1, v2))
     moved = {k for k in old if not torch.equal(old[k], new[k])}
