@@ -129,10 +129,14 @@ class Optimiser:
         verdict: dict = {"models": {}, "accepted": []}
         stage = self.root / "optimiser" / "stage"
         shutil.rmtree(stage, ignore_errors=True)
+        histories: dict[tuple[str, str], tuple[dict, dict]] = {}  # read the stream once for models sharing entries
         for name, entries in fresh.items():
             if not entries:
                 continue
-            before, inside = self.histories(entries)
+            key = (entries[0][0], entries[-1][0])
+            if key not in histories:
+                histories[key] = self.histories(entries)
+            before, inside = histories[key]
             figures, save = (self.learn_sasrec if name == "sasrec" else self.learn_gems)(before, inside)
             first, last = entries[0][0], entries[-1][0]
             figures.update(learned=len(entries), first_id=first, last_id=last)
