@@ -6,9 +6,11 @@ Each round:
 
 E-step: for every training question, sample `samples` trajectories with the current model (think / search /
 record steps, temperature > 0, the loop of models.exsearch.loop over the BM25 retriever) and stop before the answer.
-Weight trajectory z of question x by the model's likelihood of the gold answer after it, p(y | x, z),
-self-normalised over the question's samples: w_k = p(y | x, z_k) / sum_j p(y | x, z_j). This is the
-importance-sampled posterior p(z | x, y) with the model itself as the proposal.
+Weight trajectory z of question x by how well it supports the gold answer: the model's likelihood of the gold
+answer after it, p(y | x, z), times exp(evidence_weight x the share of the question's gold supporting facts that z
+retrieved), self-normalised over the question's samples: w_k = p(y | x, z_k) e^{b r_k} / sum_j p(y | x, z_j) e^{b r_j}.
+With b = 0 this is the importance-sampled posterior p(z | x, y) with the model itself as the proposal; b > 0 is
+the posterior under a prior that favours trajectories that find the evidence (StrategyQA gives every question's).
 
 M-step: maximise sum_k w_k log p(z_k, y | x): the weighted negative log-likelihood of the tokens the model
 wrote (actions and the gold answer; the retrieved result blocks and the prompt are context, not targets),
@@ -41,8 +43,9 @@ from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
 from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
-from training.eval.metrics import exact_match
+from training.eval.metrics import exact_match, gold_recall
 
+OTHER_ANSWER = {"yes": "no", "no": "yes"}  # the rival of a yes/no gold answer (for `Sample.correct`)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -63,6 +66,7 @@ class EMConfig:
     lora_layers: int = 8  # adapt the top N blocks (backward stops there: ~4x cheaper M-step on a CPU)
     max_len: int = 640  # tokens per training sequence (longer ones are cut from the left of the transcript)
     dev_questions: int = 16
+    evidence_weight: float = 2.0  # b in w ~ p(gold | z) e^{b x gold recall(z)}; 0: the answer likelihood alone
     seed: int = 0
 
 
@@ -75,6 +79,14 @@ class Sample:
     logp_answer: float = 0.0  # log p(gold | x, z)
     weight: float = 0.0  # self-normalised over the question's samples
     hops: int = 0
+    recall: float = 0.0  # share of the question's gold supporting facts the trajectory retrieved
+    correct: bool = False  # the model prefers the gold answer after z (yes/no: over the other answer)
+    tokens: int = 0  # tokens the model wrote (the trajectory's length)
+
+    @property
+    def reward(self) -> float:
+        """ROSE's verifiable reward, logged for EM too so the two trainers compare: answer correct + recall."""
+        return float(self.correct) + self.recall
 
 
 @dataclass
@@ -160,13 +172,21 @@ def e_step(agent: SearchAgent, questions: list[dict], cfg: EMConfig, compact_pro
     samples: list[Sample] = []
     for q in tqdm(questions, desc="E-step (sampling trajectories)"):
         traces = [agent.run(q["question"], max_hops=cfg.max_hops, answer=False) for _ in range(cfg.samples)]
-        group = [Sample(q["question"], compact_prompt(q["question"]), tr.segments, q["answer"], hops=tr.hops)
+        group = [Sample(q["question"], compact_prompt(q["question"]), tr.segments, q["answer"], hops=tr.hops,
+                        recall=gold_recall(tr.retrieved_ids, q.get("supporting", [])),
+                        tokens=sum(len(agent.tokenizer(t, add_special_tokens=False).input_ids)
+                                   for t, mine in tr.segments if mine))
                  for tr in traces]
-        lps = answer_logprobs(agent.lm, agent.tokenizer, [tr.context for tr in traces], [s.answer for s in group])
-        w = np.exp(np.array(lps) - max(lps))
+        contexts = [tr.context for tr in traces]
+        lps = answer_logprobs(agent.lm, agent.tokenizer, contexts, [s.answer for s in group])
+        other = OTHER_ANSWER.get(q["answer"])
+        rivals = answer_logprobs(agent.lm, agent.tokenizer, contexts, [other] * len(group)) if other else None
+        score = np.array(lps) + cfg.evidence_weight * np.array([s.recall for s in group])
+        w = np.exp(score - score.max())
         w /= w.sum()
-        for s, lp, wk in zip(group, lps, w):
+        for n, (s, lp, wk) in enumerate(zip(group, lps, w)):
             s.logp_answer, s.weight = lp, float(wk)
+            s.correct = rivals is None or lp > rivals[n]
         samples += group
     return samples
 
@@ -199,6 +219,22 @@ def m_step(model, tok, samples: list[Sample], cfg: EMConfig):
     return peft_model.merge_and_unload().eval()
 
 
+def round_questions(questions: list[dict], n: int, seed: int, round_: int) -> list[dict]:
+    """The training questions of a round: a fresh draw per round that depends only on (seed, round), so EM and
+    ROSE (training.train_rose) with the same seed train on the same questions."""
+    return random.Random(f"{seed}:{round_}").sample(questions, min(n, len(questions)))
+
+
+def trajectory_stats(samples) -> dict[str, float]:
+    """What ROSE and EM both log per round (the comparison's curve): mean reward (answer correct + gold recall),
+    gold-evidence recall, answer accuracy, trajectory length in model tokens, hops."""
+    return {"mean_reward": float(np.mean([s.reward for s in samples])),
+            "mean_recall": float(np.mean([s.recall for s in samples])),
+            "accuracy": float(np.mean([s.correct for s in samples])),
+            "mean_tokens": float(np.mean([s.tokens for s in samples])),
+            "mean_hops": float(np.mean([s.hops for s in samples]))}
+
+
 def dev_exact_match(agent: SearchAgent, questions: list[dict], max_hops: int) -> float:
     """Mean EM (training.eval.metrics, as training.eval.agent reports it) of the agent's answers."""
     if not questions:
@@ -224,7 +260,7 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
         sampler = copy.deepcopy(model).to(fast_dtype()).eval()  # generation copy: bf16 where it is native (~2x)
         agent = SearchAgent(sampler, tok, retriever, data, agent_cfg(r == 1, cfg.temperature))
         t0 = time.perf_counter()
-        samples = e_step(agent, random.sample(train_q, min(cfg.questions, len(train_q))), cfg, compact)
+        samples = e_step(agent, round_questions(train_q, cfg.questions, cfg.seed, r), cfg, compact)
         sample_s = time.perf_counter() - t0
         del sampler, agent
         before = weighted_loss(model, tok, samples, cfg.max_len)
@@ -236,7 +272,7 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
         log = RoundLog(r, len(groups), len(samples), float(np.mean([math.exp(s.logp_answer) for s in samples])),
                        float(np.mean([1 / sum(s.weight ** 2 for s in g) for g in groups])), before, after,
                        sample_s=sample_s, train_s=train_s,
-                       extra={"mean_hops": float(np.mean([s.hops for s in samples]))})
+                       extra=trajectory_stats(samples))
         save = out / f"round-{r}"
         copy.deepcopy(model).to(torch.bfloat16).save_pretrained(save)
         tok.save_pretrained(save)

@@ -279,11 +279,17 @@ class SearchAgent:
         return "Answer:"
 
     def run(self, question: str, max_hops: int | None = None, on_step: Callable[[Step], None] | None = None,
-            answer: bool = True, stop_at: float | None = None) -> Trace:
+            answer: bool = True, stop_at: float | None = None, replay: list[str] | None = None,
+            partial: str = "") -> Trace:
         """Run the loop. on_step is called with every step as it completes (streaming). answer=False stops before
         the answer (the model's own Answer stays out of the transcript): the EM E-step scores the gold answer
         after the trajectory instead. stop_at (a time.monotonic() value): no new step starts after it; the
-        answer is forced (stop_reason "budget")."""
+        answer is forced (stop_reason "budget").
+
+        replay and partial branch a new trajectory off an earlier one (ROSE): the action lines in replay (the
+        model-written segments of that trace, in order) are executed as if the model had written them (searches
+        run again, so the transcript is the same), then the model continues from `partial`, the start of the
+        next line (e.g. "Search: llama" or "Answer:"), which the new text extends."""
         cfg = self.config
         max_hops = cfg.max_hops if max_hops is None else max_hops
         t_start = time.perf_counter()
@@ -291,7 +297,10 @@ class SearchAgent:
         trace.prompt = self.prompt_prefix(question)
         emit = on_step or (lambda step: None)
         retrieved: set[str] = set()
-        seed = ""  # after a malformed step, the re-prompt starts the line with a keyword (see _retry_seed)
+        pending = list(replay or [])
+        # the start of the next generated line: `partial` once the replay is done; after a malformed step, the
+        # re-prompt's keyword (see _retry_seed)
+        seed = "" if pending else partial
         retried = False
         after_limit = 0
         max_steps = 2 * max_hops + 2 + cfg.steps_after_limit  # a bound even for a model that only Thinks
@@ -305,8 +314,12 @@ class SearchAgent:
             if stop_at is not None and time.monotonic() >= stop_at:
                 trace.stop_reason = "budget"
                 break
-            raw, gen_ms = self._generate(trace.context + seed, cfg.max_new_tokens)
-            raw = seed + raw
+            replayed = bool(pending)
+            if replayed:
+                raw, gen_ms = pending.pop(0), 0.0
+            else:
+                raw, gen_ms = self._generate(trace.context + seed, cfg.max_new_tokens)
+                raw = seed + raw
             line = next((ln for ln in raw.splitlines() if ln.strip()), "")
             try:
                 action = parse_step(line)
@@ -322,7 +335,7 @@ class SearchAgent:
                 retried = True
                 seed = self._retry_seed(trace, max_hops)
                 continue
-            retried, seed = False, ""
+            retried, seed = False, partial if replayed and not pending else ""
             if trace.hops >= max_hops:
                 after_limit += 1
             step = Step(action, raw, gen_ms=gen_ms)
@@ -362,7 +375,12 @@ class SearchAgent:
                 emit(step)
                 break
         if trace.stop_reason != "answer" and answer:
-            text, raw, ms = self._final_answer(question, trace.context + "Answer:")
+            # a branch into the forced answer continues its given start ("Answer:" or "Answer: y")
+            start = seed if seed.startswith("Answer:") and not pending else "Answer:"
+            text, raw, ms = self._final_answer(question, trace.context + start)
+            raw = start[len("Answer:"):] + raw
+            if self.config.yes_no and is_yes_no_question(question) and start != "Answer:":
+                text = normalize_yes_no(raw) or text
             trace.steps.append(Step(Action(ANSWER, text or "(none)"), raw, gen_ms=ms, forced=True))
             trace.answer, trace.raw_answer = text, raw.strip()
             emit(trace.steps[-1])

@@ -7,14 +7,18 @@ the agent recorded as evidence with the records' precision, for
 - one-shot retrieve-then-answer (RAG: BM25 top-k for the question, the base LM answers),
 - the untrained loop (the base LM with the worked example),
 - the loop after each EM round (the round-N checkpoints of training.train_exsearch, without the example),
+- the loop after each ROSE round (training.train_rose, same question budget; --rose, default <artifacts>/agent-rose),
 - the loop run by the Low-Rank Clone student of the agent's LM and by the from-scratch student, where distilled
   (training.train_lrc --agent: <agent>/student, <agent>/student-scratch),
 
 plus the majority-answer floor. One table on stdout, JSON in --out. EM and F1 are training.eval.metrics' (SQuAD
-normalisation, the harness's definition).
+normalisation, the harness's definition). A second table (and results/agent-trainers.png) compares the two trainers
+round by round on their own training rollouts: mean reward (answer correct + gold recall), gold recall, answer
+accuracy and trajectory length.
 
     python -m training.eval.agent --split test                 # the full split (hours: the loops)
     python -m training.eval.agent --split test --no-loops      # the baselines only (minutes)
+    python -m training.eval.agent --split test --last-round --no-untrained-loop   # each trainer's final round
 """
 from __future__ import annotations
 
@@ -73,8 +77,15 @@ def run_loop(name: str, agent: SearchAgent, questions: list[dict]) -> dict:
     return row
 
 
+def trained_rounds(agent_dir: Path, last_only: bool = False) -> list[Path]:
+    """The round-N checkpoints a trainer saved in agent_dir, in order (only the last with last_only)."""
+    rounds = sorted(agent_dir.glob("round-*"), key=lambda p: int(p.name.split("-")[1])) if agent_dir.exists() else []
+    return rounds[-1:] if last_only else rounds
+
+
 def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | None, max_hops: int,
-             k: int, dense=None, loops: bool = True, untrained_loop: bool = True) -> list[dict]:
+             k: int, dense=None, loops: bool = True, untrained_loop: bool = True, rose_dir: Path | None = None,
+             last_round: bool = False, baselines: bool = True) -> list[dict]:
     golds = [q["answer"] for q in questions]
     supporting = [q.get("supporting", []) for q in questions]
     majority = collections.Counter(q["answer"] for q in data.split("train")).most_common(1)[0][0]
@@ -85,21 +96,26 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
         rows.append(single_shot(f"dense top-{K_EVIDENCE} of the question", dense, questions))
     model, tok = load_causal_lm(lm, dtype=fast_dtype())
     base = SearchAgent(model, tok, retriever, data, AgentConfig(max_hops=max_hops, k=k, few_shot=True))
-    preds, ms = zip(*[base.closed_book_answer(q["question"]) for q in tqdm(questions, desc="no retrieval")])
-    rows.append(summarise("no retrieval", list(preds), golds, [0] * len(golds), list(ms)))
-    out = [base.rag_answer(q["question"]) for q in tqdm(questions, desc="RAG")]
-    rows.append({**summarise(f"RAG (BM25 top-{k})", [a for a, _, _ in out], golds, [1] * len(golds),
-                             [m for _, _, m in out]), **evidence(supporting, [ids for _, ids, _ in out], k=K_EVIDENCE)})
+    if baselines:
+        preds, ms = zip(*[base.closed_book_answer(q["question"]) for q in tqdm(questions, desc="no retrieval")])
+        rows.append(summarise("no retrieval", list(preds), golds, [0] * len(golds), list(ms)))
+        out = [base.rag_answer(q["question"]) for q in tqdm(questions, desc="RAG")]
+        rows.append({**summarise(f"RAG (BM25 top-{k})", [a for a, _, _ in out], golds, [1] * len(golds),
+                                 [m for _, _, m in out]),
+                     **evidence(supporting, [ids for _, ids, _ in out], k=K_EVIDENCE)})
     if not loops:
         return rows
     if untrained_loop:
         rows.append(run_loop("loop, untrained (few-shot)", base, questions))
-    rounds = sorted(agent_dir.glob("round-*"), key=lambda p: int(p.name.split("-")[1])) if agent_dir.exists() else []
-    meta = read_meta(agent_dir) if (agent_dir / "meta.json").exists() else {}
-    for path in rounds:
-        model, tok = load_causal_lm(path, dtype=fast_dtype())
-        cfg = AgentConfig(max_hops=max_hops, k=meta.get("k", k), few_shot=False)
-        rows.append(run_loop(f"loop after EM {path.name}", SearchAgent(model, tok, retriever, data, cfg), questions))
+    for trainer, tdir in (("EM", agent_dir), ("ROSE", rose_dir)):
+        if tdir is None:
+            continue
+        meta = read_meta(tdir) if (tdir / "meta.json").exists() else {}
+        for path in trained_rounds(tdir, last_round):
+            model, tok = load_causal_lm(path, dtype=fast_dtype())
+            cfg = AgentConfig(max_hops=max_hops, k=meta.get("k", k), few_shot=False)
+            rows.append(run_loop(f"loop after {trainer} {path.name}", SearchAgent(model, tok, retriever, data, cfg),
+                                 questions))
     for name in ("student", "student-scratch"):  # training.train_lrc --agent: clones of the served agent's LM
         sdir = agent_dir / name
         if (sdir / "meta.json").exists():
@@ -132,6 +148,53 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TRAINER_COLUMNS = [("reward", "mean_reward"), ("gold recall", "mean_recall"), ("accuracy", "accuracy"),
+                   ("tokens", "mean_tokens"), ("hops", "mean_hops")]
+
+
+def trainer_rounds(em_dir: Path, rose_dir: Path) -> list[dict]:
+    """Per trainer and round, the statistics of its own training rollouts (meta.json's log), on the same questions
+    (training.train_exsearch.round_questions)."""
+    rows = []
+    for trainer, tdir in (("EM", em_dir), ("ROSE", rose_dir)):
+        if not (tdir / "meta.json").exists():
+            continue
+        for log in read_meta(tdir)["log"]:
+            stats = log.get("extra", log)  # EM keeps them under "extra"
+            if "mean_reward" in stats:
+                rows.append({"trainer": trainer, "round": log["round"], "questions": log["questions"],
+                             "trajectories": log["trajectories"], **{k: stats[k] for _, k in TRAINER_COLUMNS}})
+    return rows
+
+
+def trainer_table(rows: list[dict]) -> str:
+    lines = [f"{'trainer':8s} {'round':>5s} {'q':>4s} {'traj':>5s} " + " ".join(f"{n:>11s}" for n, _ in
+                                                                             TRAINER_COLUMNS)]
+    for r in rows:
+        lines.append(f"{r['trainer']:8s} {r['round']:5d} {r['questions']:4d} {r['trajectories']:5d} "
+                     + " ".join(f"{r[k]:11.3f}" for _, k in TRAINER_COLUMNS))
+    return "\n".join(lines)
+
+
+def plot_trainers(rows: list[dict], path: Path) -> None:
+    """The ROSE-vs-EM curve: reward, gold recall and trajectory length per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, (name, key) in zip(axes, [TRAINER_COLUMNS[0], TRAINER_COLUMNS[1], TRAINER_COLUMNS[3]]):
+        for trainer in ("EM", "ROSE"):
+            pts = [(r["round"], r[key]) for r in rows if r["trainer"] == trainer]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=trainer)
+        ax.set_xlabel("round"), ax.set_title(name), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/strategyqa"))
@@ -144,6 +207,9 @@ def main(argv=None) -> None:
                                                           "RAG): minutes on the full split, the loops take hours")
     p.add_argument("--no-untrained-loop", action="store_true",
                    help="skip the untrained loop (the worked example in every prompt: ~10x the trained loop's time)")
+    p.add_argument("--rose", type=Path, default=None, help="ROSE output directory (default: <artifacts>/agent-rose)")
+    p.add_argument("--last-round", action="store_true", help="only each trainer's final round")
+    p.add_argument("--no-baselines", action="store_true", help="skip closed book and RAG (the LM baselines)")
     p.add_argument("--max-hops", type=int, default=2)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results"))
@@ -153,13 +219,20 @@ def main(argv=None) -> None:
     data = load_multihop(a.data)
     questions = data.split(a.split)[: a.limit or None]
     t0 = time.time()
-    rows = evaluate(questions, data, load_backend(a.artifacts, "retrieve", "bm25"), a.agent or a.artifacts / "agent",
+    agent_dir, rose_dir = a.agent or a.artifacts / "agent", a.rose or a.artifacts / "agent-rose"
+    rows = evaluate(questions, data, load_backend(a.artifacts, "retrieve", "bm25"), agent_dir,
                     a.lm, a.max_hops, a.k, dense=load_backend(a.artifacts, "retrieve", "dense"), loops=not a.no_loops,
-                    untrained_loop=not a.no_untrained_loop)
+                    untrained_loop=not a.no_untrained_loop, rose_dir=rose_dir, last_round=a.last_round,
+                    baselines=not a.no_baselines)
     print(table(rows))
+    trainers = trainer_rounds(agent_dir, rose_dir)
     a.out.mkdir(parents=True, exist_ok=True)
+    if trainers:
+        print("\ntraining rollouts per round (same questions for both trainers):")
+        print(trainer_table(trainers))
+        plot_trainers(trainers, a.out / "agent-trainers.png")
     path = a.out / f"agent-{a.split}.json"
-    path.write_text(json.dumps({"split": a.split, "questions": len(questions), "rows": rows,
+    path.write_text(json.dumps({"split": a.split, "questions": len(questions), "rows": rows, "trainers": trainers,
                                 "seconds": time.time() - t0}, indent=2) + "\n")
     print(f"wrote {path} ({time.time() - t0:.0f}s)")
 

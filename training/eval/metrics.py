@@ -67,6 +67,13 @@ def evidence(supporting: list[list[str]], retrieved: list[list[str]], recorded: 
     return out
 
 
+def gold_recall(retrieved: list[str], supporting: list[str]) -> float:
+    """One question's share of gold supporting facts among the ids it retrieved (all of them; 0 without gold): the
+    evidence part of the agent trainers' rewards and weights."""
+    gold = set(supporting)
+    return len(gold & set(retrieved)) / len(gold) if gold else 0.0
+
+
 def proportion_ci(p: float, n: int, z: float = 1.96) -> float:
     """Half-width of the normal-approximation 95% interval of a proportion p over n cases."""
     return z * (p * (1 - p) / n) ** 0.5 if n else float("nan")
