@@ -66,6 +66,7 @@ class EMConfig:
     lora_layers: int = 8  # adapt the top N blocks (backward stops there: ~4x cheaper M-step on a CPU)
     max_len: int = 640  # tokens per training sequence (longer ones are cut from the left of the transcript)
     dev_questions: int = 16
+    calibrate: int = 100  # training questions the final agent's yes/no threshold is fitted on (0: none)
     evidence_weight: float = 2.0  # b in w ~ p(gold | z) e^{b x gold recall(z)}; 0: the answer likelihood alone
     seed: int = 0
 
@@ -287,6 +288,10 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
     write_meta(out, backend="agent", model=f"round-{cfg.rounds}", few_shot=False, max_hops=cfg.max_hops, k=cfg.k,
                rounds=cfg.rounds, em=asdict(cfg), log=[asdict(x) for x in logs], retriever="bm25",
                data=str(data_dir))
+    if cfg.calibrate:  # the served agent answers yes/no by its calibrated preference
+        from training.calibrate_agent import calibrate_saved
+
+        calibrate_saved(out, cfg.calibrate, data_dir, artifacts)
     return logs
 
 

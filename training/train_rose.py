@@ -70,6 +70,7 @@ class RoseConfig:
     lora_alpha: int = 32
     lora_layers: int = 8  # adapt the top N blocks, as EM
     dev_questions: int = 16
+    calibrate: int = 100  # training questions the final agent's yes/no threshold is fitted on (0: none)
     seed: int = 0
 
 
@@ -305,6 +306,10 @@ def train(out: Path, cfg: RoseConfig, data_dir: Path = Path("data/strategyqa"),
     write_meta(out, backend="agent", trainer="rose", model=f"round-{cfg.rounds}", few_shot=False,
                max_hops=cfg.max_hops, k=cfg.k, rounds=cfg.rounds, rose=asdict(cfg), log=logs, retriever="bm25",
                data=str(data_dir))
+    if cfg.calibrate:  # the served agent answers yes/no by its calibrated preference
+        from training.calibrate_agent import calibrate_saved
+
+        calibrate_saved(out, cfg.calibrate, data_dir, artifacts)
     return logs
 
 

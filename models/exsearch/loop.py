@@ -36,6 +36,10 @@ class AgentConfig:
     yes_no: bool = True  # normalise answers of yes/no questions to "yes"/"no"
     few_shot: bool = True  # show the worked example; an EM-trained model knows the format without it
     temperature: float = 0.0  # 0: greedy; > 0: sample each step (the EM E-step)
+    # calibrated yes/no: a yes/no question's answer is read from the LM's preference after "Answer:", "yes" iff
+    # log P(yes) - log P(no) > yes_threshold (fitted on training questions: training.eval.agent.calibrate); None:
+    # the generated answer
+    yes_threshold: float | None = None
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Trace:
     evidence: list[Evidence] = field(default_factory=list)
     hops: int = 0
     stop_reason: str = ""  # answer | hop_limit | step_limit | parse_error | budget
+    answer_score: float | None = None  # log P(yes) - log P(no) when the answer was read from the preference
     total_ms: float = 0.0
     prompt: str = ""  # the instructions and question the model started from
     # the transcript after the prompt up to the answer: (text, written by the model?) — executed actions are the
@@ -117,11 +122,21 @@ Answer: no
 """
 
 BASELINE_HEADER = "Answer the question with yes or no.\n\n"
-BASELINE_EXAMPLE = """Question: Could a llama give birth twice during the War in Vietnam (1945-46)?
+# balanced: one "yes" and one "no" example
+BASELINE_EXAMPLE = """Question: Is the Eiffel Tower taller than the Statue of Liberty?
+Answer: yes
+
+Question: Could a llama give birth twice during the War in Vietnam (1945-46)?
 Answer: no
 
 """
 RAG_EXAMPLE = """Facts:
+[doc:e0d2a7c9b14] The Eiffel Tower is 330 metres tall.
+[doc:e0f3b8d0c25] The Statue of Liberty is 93 metres tall from the ground to the torch.
+Question: Is the Eiffel Tower taller than the Statue of Liberty?
+Answer: yes
+
+Facts:
 [doc:e0a1c2d3f41] The War in Vietnam (1945-46) lasted around 6 months.
 [doc:e0c4f8b2a63] The gestation period of a llama lasts 11.5 months.
 Question: Could a llama give birth twice during the War in Vietnam (1945-46)?
@@ -216,15 +231,32 @@ class SearchAgent:
         return ids([" yes", " Yes", "yes", "Yes"]), ids([" no", " No", "no", "No"])
 
     @torch.no_grad()
-    def _yes_no_by_score(self, prompt: str) -> str:
-        """Fallback for a yes/no question whose generated answer says neither: compare next-token scores."""
+    def yes_no_score(self, prompt: str) -> float:
+        """log P(yes) - log P(no) of the next token after prompt (the spellings of each summed)."""
         yes_ids, no_ids = self._yes_no_ids
         device = next(self.lm.parameters()).device
         enc = self.tokenizer(prompt, return_tensors="pt").to(device)
         logits = self.lm(**enc).logits[0, -1].float()
         yes = torch.logsumexp(logits[yes_ids], 0) if yes_ids else torch.tensor(float("-inf"))
         no = torch.logsumexp(logits[no_ids], 0) if no_ids else torch.tensor(float("-inf"))
-        return "yes" if yes >= no else "no"
+        return float(yes - no)
+
+    def _yes_no_by_score(self, prompt: str) -> str:
+        """Fallback for a yes/no question whose generated answer says neither: compare next-token scores."""
+        return "yes" if self.yes_no_score(prompt) >= 0 else "no"
+
+    def by_preference(self, question: str) -> bool:
+        """Whether this question's answer is read from the calibrated yes/no preference."""
+        cfg = self.config
+        return cfg.yes_threshold is not None and cfg.yes_no and is_yes_no_question(question)
+
+    def _preferred(self, prompt: str) -> tuple[str, float]:
+        score = self.yes_no_score(prompt)
+        return ("yes" if score > self.config.yes_threshold else "no"), score
+
+    def retrieve(self, query: str, k: int) -> list[str]:
+        """The retriever's top-k doc ids for query (what a Search step and RAG see)."""
+        return self._retrieve(query, k)
 
     def _retrieve(self, query: str, k: int) -> list[str]:
         if hasattr(self.retriever, "answer"):
@@ -241,7 +273,12 @@ class SearchAgent:
         return "Results:\n" + "\n".join(lines) + "\n"
 
     def _final_answer(self, question: str, prompt: str) -> tuple[str, str, float]:
-        """Generate after a prompt ending in 'Answer:'; returns (normalised, raw, ms)."""
+        """Generate after a prompt ending in 'Answer:' (or read the calibrated preference there); returns
+        (normalised, raw, ms)."""
+        if self.by_preference(question) and prompt.endswith("Answer:"):
+            t0 = time.perf_counter()
+            answer, score = self._preferred(prompt)
+            return answer, f"{answer} (log P(yes) - log P(no) = {score:+.3f})", (time.perf_counter() - t0) * 1000
         raw, ms = self._generate(prompt, self.config.answer_tokens)
         line = next((ln.strip() for ln in raw.splitlines() if ln.strip()), "")
         answer = line
@@ -384,6 +421,10 @@ class SearchAgent:
             trace.steps.append(Step(Action(ANSWER, text or "(none)"), raw, gen_ms=ms, forced=True))
             trace.answer, trace.raw_answer = text, raw.strip()
             emit(trace.steps[-1])
+        if answer and self.by_preference(question):  # the calibrated preference decides, whoever wrote the line
+            t0 = time.perf_counter()
+            trace.answer, trace.answer_score = self._preferred(trace.context + "Answer:")
+            trace.steps[-1].gen_ms += (time.perf_counter() - t0) * 1000
         trace.total_ms = (time.perf_counter() - t_start) * 1000
         return trace
 
@@ -392,16 +433,20 @@ class SearchAgent:
         """Retrieve top-k for the question once, then answer; returns (answer, doc ids, ms)."""
         t0 = time.perf_counter()
         ids = self._retrieve(question, k or self.config.k)
-        facts = "Facts:\n" + "\n".join(f"[doc:{d}] {self._passage(d)}" for d in ids) + "\n"
-        prompt = f"{BASELINE_HEADER}{RAG_EXAMPLE}{facts}Question: {question.strip()}\nAnswer:"
-        answer, _, _ = self._final_answer(question, prompt)
+        answer, _, _ = self._final_answer(question, self.rag_prompt(question, ids))
         return answer, ids, (time.perf_counter() - t0) * 1000
+
+    def rag_prompt(self, question: str, ids: list[str]) -> str:
+        facts = "Facts:\n" + "\n".join(f"[doc:{d}] {self._passage(d)}" for d in ids) + "\n"
+        return f"{BASELINE_HEADER}{RAG_EXAMPLE}{facts}Question: {question.strip()}\nAnswer:"
+
+    def closed_book_prompt(self, question: str) -> str:
+        return f"{BASELINE_HEADER}{BASELINE_EXAMPLE}Question: {question.strip()}\nAnswer:"
 
     def closed_book_answer(self, question: str) -> tuple[str, float]:
         """Answer from the model's parameters alone; returns (answer, ms)."""
         t0 = time.perf_counter()
-        prompt = f"{BASELINE_HEADER}{BASELINE_EXAMPLE}Question: {question.strip()}\nAnswer:"
-        answer, _, _ = self._final_answer(question, prompt)
+        answer, _, _ = self._final_answer(question, self.closed_book_prompt(question))
         return answer, (time.perf_counter() - t0) * 1000
 
 
@@ -437,4 +482,5 @@ def load_trained(agent_dir: Path):
 
     meta = read_meta(agent_dir)
     model, tok = load_causal_lm(Path(agent_dir) / meta["model"], dtype=fast_dtype())
-    return model, tok, AgentConfig(max_hops=meta.get("max_hops", 3), k=meta.get("k", 3), few_shot=False), meta
+    return model, tok, AgentConfig(max_hops=meta.get("max_hops", 3), k=meta.get("k", 3), few_shot=False,
+                                   yes_threshold=meta.get("yes_threshold")), meta

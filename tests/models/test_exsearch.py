@@ -165,3 +165,26 @@ def test_the_evaluation_row_of_a_loop(agent_parts):
     row = run_loop("loop", agent, data.split("test")[:2])
     assert row["n"] == 2 and 0 <= row["em"] <= 1 and row["mean_hops"] <= 1
     assert row["tokens_per_q"] > 0 and 0 <= row[f"evidence_recall@{K_EVIDENCE}"] <= 1
+
+
+def test_a_calibrated_threshold_decides_yes_no_answers_from_the_preference(agent_parts):
+    """With yes_threshold set, the answer is "yes" iff log P(yes) - log P(no) after "Answer:" exceeds it, for the
+    loop and both baselines; the threshold fitted on training questions maximises their accuracy."""
+    from training.eval.agent import calibrate
+
+    agent, data = _agent(agent_parts, max_hops=1, max_new_tokens=24, steps_after_limit=1)
+    q = data.split("test")[0]["question"]
+    score = agent.yes_no_score(agent.closed_book_prompt(q))
+    for thr, expected in ((score - 1.0, "yes"), (score + 1.0, "no")):
+        agent.config.yes_threshold = thr
+        assert agent.closed_book_answer(q)[0] == expected
+        assert agent.rag_answer(q)[0] == ("yes" if agent.yes_no_score(
+            agent.rag_prompt(q, agent.retrieve(q, agent.config.k))) > thr else "no")
+    agent.config.yes_threshold = -1e9
+    trace = agent.run(q)
+    assert trace.answer == "yes" and trace.answer_score is not None and trace.answer_score > -1e9
+    agent.config.yes_threshold = None
+    train = data.split("train")[:12]
+    fit = calibrate(lambda x: agent.yes_no_score(agent.closed_book_prompt(x["question"])), train)
+    share_yes = sum(x["answer"] == "yes" for x in train) / len(train)
+    assert fit["calibration_n"] == 12 and fit["calibration_accuracy"] >= max(share_yes, 1 - share_yes)

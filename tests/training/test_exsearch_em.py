@@ -51,9 +51,11 @@ def test_one_em_round_changes_the_weights_and_lowers_the_weighted_loss(em_parts)
     assert len(samples) == 4
     for group in (samples[:2], samples[2:]):  # self-normalised importance weights per question
         assert math.isclose(sum(s.weight for s in group), 1.0, rel_tol=1e-6)
-        best = max(group, key=lambda s: s.logp_answer)
-        assert best.weight == max(s.weight for s in group)
-        assert all(s.logp_answer < 0 for s in group)
+        # w ~ p(gold | z) e^{b x gold recall(z)}: the answer's likelihood and the evidence found both count
+        score = [s.logp_answer + cfg.evidence_weight * s.recall for s in group]
+        assert group[0].weight / group[1].weight == pytest.approx(math.exp(score[0] - score[1]), rel=1e-5)
+        assert all(s.logp_answer < 0 and 0.0 <= s.recall <= 1.0 for s in group)
+        assert all(s.reward == float(s.correct) + s.recall and s.tokens > 0 for s in group)
     assert all(s.prompt == compact(s.question) and EXAMPLE not in s.prompt for s in samples)  # no example
     probe = "model.layers.29.self_attn.q_proj.weight"  # a block the M-step adapts
     before_w = dict(model.named_parameters())[probe].detach().clone()

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
+import random
 import time
 from pathlib import Path
 
@@ -39,8 +41,51 @@ from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
 from training.common import add_threads_arg, set_threads
 from training.eval.metrics import evidence, exact_match, f1, proportion_ci
+from training.eval.yesno import best_threshold
+from training.train_exsearch import round_questions
 
 K_EVIDENCE = 10  # evidence recall@10: the single-shot baselines retrieve 10
+
+
+# ------------------------------------------------------------------ calibrated yes/no answers
+def calibration_questions(train: list[dict], n: int, exclude: set[str] = frozenset(), seed: int = 0) -> list[dict]:
+    """n training questions for fitting a yes/no threshold, none of `exclude` (e.g. what the trainers drew)."""
+    pool = [q for q in train if q["id"] not in exclude]
+    return random.Random(f"calibrate:{seed}").sample(pool, min(n, len(pool)))
+
+
+def trainer_draws(train: list[dict], agent_dir: Path | None, rounds: int = 10) -> set[str]:
+    """Ids of the training questions a trainer saved in agent_dir drew (its first `rounds` rounds' draws)."""
+    if agent_dir is None or not (agent_dir / "meta.json").exists():
+        return set()
+    meta = read_meta(agent_dir)
+    cfg = meta.get("em") or meta.get("rose") or {}
+    return {q["id"] for r in range(1, max(rounds, meta.get("rounds", 0)) + 1)
+            for q in round_questions(train, cfg.get("questions", 16), cfg.get("seed", 0), r)}
+
+
+def calibrate(score, questions: list[dict], desc: str = "calibrate") -> dict:
+    """The threshold on a yes/no score (log P(yes) - log P(no)) that maximises accuracy on the given training
+    questions: {"threshold", "calibration_accuracy", "calibration_n"}."""
+    s = np.array([score(q) for q in tqdm(questions, desc=desc)])
+    y = np.array([q["answer"] == "yes" for q in questions])
+    thr = best_threshold(s, y)
+    return {"threshold": thr, "calibration_accuracy": float(np.mean((s > thr) == y)), "calibration_n": len(y)}
+
+
+def loop_score(agent: SearchAgent):
+    """Score of the loop: its trajectory (without the answer), then the preference after "Answer:"."""
+    return lambda q: agent.yes_no_score(agent.run(q["question"], answer=False).context + "Answer:")
+
+
+def calibrated(agent: SearchAgent, score, questions: list[dict], desc: str) -> tuple[SearchAgent, dict]:
+    """A copy of agent that answers yes/no questions by the preference, thresholded on `questions`."""
+    import dataclasses
+
+    fit = calibrate(score, questions, desc)
+    agent = copy.copy(agent)
+    agent.config = dataclasses.replace(agent.config, yes_threshold=fit["threshold"])
+    return agent, fit
 
 
 def summarise(name: str, preds: list[str], golds: list[str], hops: list[int], ms: list[float]) -> dict:
@@ -85,37 +130,56 @@ def trained_rounds(agent_dir: Path, last_only: bool = False) -> list[Path]:
 
 def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | None, max_hops: int,
              k: int, dense=None, loops: bool = True, untrained_loop: bool = True, rose_dir: Path | None = None,
-             last_round: bool = False, baselines: bool = True) -> list[dict]:
+             last_round: bool = False, baselines: bool = True, calibrate_n: int = 100) -> list[dict]:
+    """The table's rows. With calibrate_n > 0 every LM system answers yes/no questions by its calibrated preference
+    (threshold fitted on calibrate_n training questions the trainers did not draw; the row says which), else by
+    the text it generates."""
     golds = [q["answer"] for q in questions]
     supporting = [q.get("supporting", []) for q in questions]
-    majority = collections.Counter(q["answer"] for q in data.split("train")).most_common(1)[0][0]
+    train = data.split("train")
+    majority = collections.Counter(q["answer"] for q in train).most_common(1)[0][0]
+    cal_q = calibration_questions(train, calibrate_n, trainer_draws(train, agent_dir) | trainer_draws(train, rose_dir))
+
+    def fit(agent: SearchAgent, score, name: str) -> tuple[SearchAgent, dict]:
+        return calibrated(agent, score, cal_q, f"{name}: calibrate") if calibrate_n else (agent, {})
+
     rows = [summarise(f"majority ('{majority}')", [majority] * len(golds), golds, [0] * len(golds),
                       [0.0] * len(golds))]
-    rows.append(single_shot(f"BM25 top-{K_EVIDENCE} of the question", retriever, questions))
+    for n in (K_EVIDENCE, max_hops * k):  # at the loop's own budget too (max_hops searches of k passages)
+        rows.append(single_shot(f"BM25 top-{n} of the question", retriever, questions, k=n))
     if dense is not None:
         rows.append(single_shot(f"dense top-{K_EVIDENCE} of the question", dense, questions))
     model, tok = load_causal_lm(lm, dtype=fast_dtype())
     base = SearchAgent(model, tok, retriever, data, AgentConfig(max_hops=max_hops, k=k, few_shot=True))
     if baselines:
-        preds, ms = zip(*[base.closed_book_answer(q["question"]) for q in tqdm(questions, desc="no retrieval")])
-        rows.append(summarise("no retrieval", list(preds), golds, [0] * len(golds), list(ms)))
-        out = [base.rag_answer(q["question"]) for q in tqdm(questions, desc="RAG")]
+        agent, cal = fit(base, lambda q: base.yes_no_score(base.closed_book_prompt(q["question"])), "no retrieval")
+        preds, ms = zip(*[agent.closed_book_answer(q["question"]) for q in tqdm(questions, desc="no retrieval")])
+        rows.append({**summarise("no retrieval", list(preds), golds, [0] * len(golds), list(ms)), **cal})
+        agent, cal = fit(base, lambda q: base.yes_no_score(base.rag_prompt(q["question"], base.retrieve(
+            q["question"], k))), "RAG")
+        out = [agent.rag_answer(q["question"]) for q in tqdm(questions, desc="RAG")]
         rows.append({**summarise(f"RAG (BM25 top-{k})", [a for a, _, _ in out], golds, [1] * len(golds),
                                  [m for _, _, m in out]),
-                     **evidence(supporting, [ids for _, ids, _ in out], k=K_EVIDENCE)})
+                     **evidence(supporting, [ids for _, ids, _ in out], k=K_EVIDENCE), **cal})
     if not loops:
         return rows
+
+    def loop_row(name: str, agent: SearchAgent) -> dict:
+        agent, cal = fit(agent, loop_score(agent), name)
+        return {**run_loop(name, agent, questions), **cal}
+
     if untrained_loop:
-        rows.append(run_loop("loop, untrained (few-shot)", base, questions))
+        rows.append(loop_row("loop, untrained (few-shot)", base))
+    meta = {}
     for trainer, tdir in (("EM", agent_dir), ("ROSE", rose_dir)):
         if tdir is None:
             continue
-        meta = read_meta(tdir) if (tdir / "meta.json").exists() else {}
+        tmeta = read_meta(tdir) if (tdir / "meta.json").exists() else {}
+        meta = meta or tmeta
         for path in trained_rounds(tdir, last_round):
             model, tok = load_causal_lm(path, dtype=fast_dtype())
-            cfg = AgentConfig(max_hops=max_hops, k=meta.get("k", k), few_shot=False)
-            rows.append(run_loop(f"loop after {trainer} {path.name}", SearchAgent(model, tok, retriever, data, cfg),
-                                 questions))
+            cfg = AgentConfig(max_hops=max_hops, k=tmeta.get("k", k), few_shot=False)
+            rows.append(loop_row(f"loop after {trainer} {path.name}", SearchAgent(model, tok, retriever, data, cfg)))
     for name in ("student", "student-scratch"):  # training.train_lrc --agent: clones of the served agent's LM
         sdir = agent_dir / name
         if (sdir / "meta.json").exists():
@@ -123,15 +187,15 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
             model, tok = load_causal_lm(sdir / smeta.get("lm", "model"), dtype=fast_dtype())
             cfg = AgentConfig(max_hops=max_hops, k=meta.get("k", k), few_shot=smeta.get("agent_teacher") == "base")
             label = "LRC student" if name == "student" else "from-scratch student"
-            rows.append(run_loop(f"loop, {label} ({smeta['params'] / 1e6:.0f}M)",
-                                 SearchAgent(model, tok, retriever, data, cfg), questions))
+            rows.append(loop_row(f"loop, {label} ({smeta['params'] / 1e6:.0f}M)",
+                                 SearchAgent(model, tok, retriever, data, cfg)))
     return rows
 
 
 COLUMNS = [("EM", "em", ".3f"), ("+-95%", "em_ci95", ".3f"), ("F1", "f1", ".3f"),
            (f"R@{K_EVIDENCE}", f"evidence_recall@{K_EVIDENCE}", ".3f"), ("rec.R", "recorded_recall", ".3f"),
            ("rec.P", "record_precision", ".3f"), ("hops", "mean_hops", ".2f"), ("tok/q", "tokens_per_q", ".0f"),
-           ("ms/q", "latency_mean_ms", ".0f"), ("yes", "yes_rate", ".0%")]
+           ("ms/q", "latency_mean_ms", ".0f"), ("yes", "yes_rate", ".0%"), ("thr", "threshold", "+.2f")]
 
 
 def table(rows: list[dict]) -> str:
@@ -210,6 +274,8 @@ def main(argv=None) -> None:
     p.add_argument("--rose", type=Path, default=None, help="ROSE output directory (default: <artifacts>/agent-rose)")
     p.add_argument("--last-round", action="store_true", help="only each trainer's final round")
     p.add_argument("--no-baselines", action="store_true", help="skip closed book and RAG (the LM baselines)")
+    p.add_argument("--calibrate", type=int, default=100,
+                   help="training questions each system's yes/no threshold is fitted on (0: generated answers)")
     p.add_argument("--max-hops", type=int, default=2)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("results"))
@@ -223,7 +289,7 @@ def main(argv=None) -> None:
     rows = evaluate(questions, data, load_backend(a.artifacts, "retrieve", "bm25"), agent_dir,
                     a.lm, a.max_hops, a.k, dense=load_backend(a.artifacts, "retrieve", "dense"), loops=not a.no_loops,
                     untrained_loop=not a.no_untrained_loop, rose_dir=rose_dir, last_round=a.last_round,
-                    baselines=not a.no_baselines)
+                    baselines=not a.no_baselines, calibrate_n=a.calibrate)
     print(table(rows))
     trainers = trainer_rounds(agent_dir, rose_dir)
     a.out.mkdir(parents=True, exist_ok=True)
