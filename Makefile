@@ -11,7 +11,7 @@ EPOCHS   = $(if $(1),--epochs $(1))
 QG_FILE  = data/strategyqa-facts/pseudo-queries/kept.jsonl
 QG       = $(if $(filter 1,$(DOCID_QG)),--pseudo-queries $(QG_FILE))
 
-.PHONY: install data lm artifacts agent agent-student gems gems-student ml1m collab-info evolve evolve-gems serve test eval eval-diffugr eval-agent bench-docid \
+.PHONY: install data lm artifacts agent agent-rose agent-student gems gems-student ml1m collab-info evolve evolve-gems serve test eval eval-diffugr eval-agent bench-docid \
         loadtest lint clean serve-ray
 
 $(BIN)/.installed: pyproject.toml
@@ -59,6 +59,13 @@ $(ART)/agent/meta.json:
 
 agent: artifacts
 	$(MAKE) --no-print-directory $(ART)/agent/meta.json
+
+# ROSE: the same loop trained by reinforcement learning (branched rollouts, segment advantages, GRPO), same budget
+$(ART)/agent-rose/meta.json:
+	$(BIN)/python -m training.train_rose --out $(ART)/agent-rose --artifacts $(ART) --threads 1
+
+agent-rose: artifacts
+	$(MAKE) --no-print-directory $(ART)/agent-rose/meta.json
 
 # the agent LM's Low-Rank Clone student and the from-scratch one (distilled on the agent's own traces); eval-agent
 # adds their loop rows, the gateway serves the student with UNISR_AGENT_STUDENT=true
@@ -148,7 +155,7 @@ eval: artifacts
 eval-diffugr: artifacts $(ART)/retrieve/ar/meta.json
 	$(BIN)/python -m training.evaluate --task retrieve --backend diffugr --steps 1,2,3,4 --artifacts $(ART)
 
-eval-agent: agent
+eval-agent: agent agent-rose
 	$(BIN)/python -m training.eval.agent --split test --threads 1 --artifacts $(ART)
 
 bench-docid: artifacts $(ART)/retrieve/ar/meta.json

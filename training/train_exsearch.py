@@ -285,27 +285,37 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
         print(f"round {r}: mean p(gold|z) {log.mean_p_gold:.3f}  ESS {log.mean_ess:.2f}/{cfg.samples}  "
               f"weighted loss {before:.3f} -> {after:.3f}  dev EM {log.dev_em}", flush=True)
         (save / "em_round.json").write_text(json.dumps(asdict(log), indent=2) + "\n")
-    write_meta(out, backend="agent", model=f"round-{cfg.rounds}", few_shot=False, max_hops=cfg.max_hops, k=cfg.k,
-               rounds=cfg.rounds, em=asdict(cfg), log=[asdict(x) for x in logs], retriever="bm25",
-               data=str(data_dir))
-    if cfg.calibrate:  # the served agent answers yes/no by its calibrated preference
-        from training.calibrate_agent import calibrate_saved
-
-        calibrate_saved(out, cfg.calibrate, data_dir, artifacts)
+    save_agent(out, cfg, data_dir, artifacts, trainer="em", em=asdict(cfg), log=[asdict(x) for x in logs])
     return logs
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("artifacts/v1/agent"))
+def save_agent(out: Path, cfg, data_dir: Path, artifacts: Path, **meta) -> None:
+    """meta.json of a trained agent (its last round is the served LM: models.exsearch.loop.load_trained), then its
+    calibrated yes/no threshold (cfg.calibrate training questions; 0: none). Shared by EM and ROSE."""
+    write_meta(out, backend="agent", model=f"round-{cfg.rounds}", few_shot=False, max_hops=cfg.max_hops, k=cfg.k,
+               rounds=cfg.rounds, retriever="bm25", data=str(data_dir), **meta)
+    if cfg.calibrate:
+        from training.calibrate_agent import calibrate_saved
+
+        calibrate_saved(out, cfg.calibrate, data_dir, artifacts)
+
+
+def agent_cli(argv, doc: str, config_cls, out: Path, train_fn) -> None:
+    """The command line of an agent trainer: paths, the config dataclass's fields, threads."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=out)
     p.add_argument("--data", type=Path, default=Path("data/strategyqa"))
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
     p.add_argument("--lm", default=None, help="local HF causal-LM directory (default: the prepared SmolLM2-135M)")
-    add_config_args(p, EMConfig)
+    add_config_args(p, config_cls)
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
-    train(a.out, config_from_args(EMConfig, a), a.data, a.artifacts, a.lm)
+    train_fn(a.out, config_from_args(config_cls, a), a.data, a.artifacts, a.lm)
+
+
+def main(argv=None) -> None:
+    agent_cli(argv, __doc__, EMConfig, Path("artifacts/v1/agent"), train)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ the served agent (`models.exsearch.loop.load_trained`).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -39,14 +38,19 @@ import torch
 from tqdm import tqdm
 
 from indexing.data import load_multihop
-from models.artifacts import write_meta
 from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent, Trace
 from models.registry import load_backend
-from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
 from training.eval.metrics import exact_match, gold_recall
 from training.rose import Rollout, choose_branch, clipped_objective, semantic_entropy, token_advantages
-from training.train_exsearch import LORA_TARGETS, dev_exact_match, round_questions, trajectory_stats
+from training.train_exsearch import (
+    LORA_TARGETS,
+    agent_cli,
+    dev_exact_match,
+    round_questions,
+    save_agent,
+    trajectory_stats,
+)
 
 
 @dataclass
@@ -303,27 +307,12 @@ def train(out: Path, cfg: RoseConfig, data_dir: Path = Path("data/strategyqa"),
               f"accuracy {log['accuracy']:.3f}  tokens {log['mean_tokens']:.1f}  branches {log['branches']}  "
               f"loss {log['loss_first']:.4f} -> {log['loss_last']:.4f}  dev EM {dev_em}", flush=True)
         (save / "rose_round.json").write_text(json.dumps(log, indent=2) + "\n")
-    write_meta(out, backend="agent", trainer="rose", model=f"round-{cfg.rounds}", few_shot=False,
-               max_hops=cfg.max_hops, k=cfg.k, rounds=cfg.rounds, rose=asdict(cfg), log=logs, retriever="bm25",
-               data=str(data_dir))
-    if cfg.calibrate:  # the served agent answers yes/no by its calibrated preference
-        from training.calibrate_agent import calibrate_saved
-
-        calibrate_saved(out, cfg.calibrate, data_dir, artifacts)
+    save_agent(out, cfg, data_dir, artifacts, trainer="rose", rose=asdict(cfg), log=logs)
     return logs
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("artifacts/v1/agent-rose"))
-    p.add_argument("--data", type=Path, default=Path("data/strategyqa"))
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
-    p.add_argument("--lm", default=None, help="local HF causal-LM directory (default: the prepared SmolLM2-135M)")
-    add_config_args(p, RoseConfig)
-    add_threads_arg(p)
-    a = p.parse_args(argv)
-    set_threads(a.threads)
-    train(a.out, config_from_args(RoseConfig, a), a.data, a.artifacts, a.lm)
+    agent_cli(argv, __doc__, RoseConfig, Path("artifacts/v1/agent-rose"), train)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ def test_exsearch_and_eval_clis_set_threads(monkeypatch):
 
     seen = _captured(monkeypatch, train_exsearch, "train", ["--threads", "1"])
     assert seen["args"][1] == train_exsearch.EMConfig() and seen["threads"] == 1
+    from training import train_rose  # the same command line (train_exsearch.agent_cli), its own config and --out
+
+    monkeypatch.setattr(train_rose, "train", lambda *args: seen.update(rose=args))
+    train_rose.main(["--threads", "1", "--rollouts", "5"])
+    assert seen["rose"][1] == train_rose.RoseConfig(rollouts=5) and str(seen["rose"][0]).endswith("agent-rose")
     monkeypatch.setattr(agent, "load_multihop", lambda d: (_ for _ in ()).throw(SystemExit("stop")))
     monkeypatch.setattr(agent, "set_threads", lambda n: monkeypatch.setenv("SEEN_THREADS", str(n)))
     with pytest.raises(SystemExit):

@@ -4,28 +4,15 @@ from __future__ import annotations
 import copy
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def em_parts(artifacts):
-    from indexing.data import load_multihop
-    from models.causal_lm import load_causal_lm
-    from models.registry import load_backend
-
-    model, tok = load_causal_lm(dtype=torch.float32)
-    return model, tok, load_backend(artifacts, "retrieve", "bm25"), load_multihop(ROOT / "data" / "strategyqa")
-
-
-def test_encode_sample_targets_only_what_the_model_wrote(em_parts):
+def test_encode_sample_targets_only_what_the_model_wrote(agent_lm_parts):
     from training.train_exsearch import Sample, encode_sample
 
-    _, tok, _, _ = em_parts
+    _, tok, _, _ = agent_lm_parts
     s = Sample("Is water wet?", "PROMPT Question: Is water wet?\n",
                [("Search: water\n", True), ("Results:\n[doc:a] Water is a liquid.\n", False)], "yes")
     ids, target = encode_sample(tok, s, max_len=512)
@@ -35,11 +22,12 @@ def test_encode_sample_targets_only_what_the_model_wrote(em_parts):
     assert "Results" not in written and "PROMPT" not in written
 
 
-def test_one_em_round_changes_the_weights_and_lowers_the_weighted_loss(em_parts):
+def test_one_em_round_changes_the_weights_and_lowers_the_weighted_loss(agent_lm_parts):
     from models.exsearch.loop import EXAMPLE, AgentConfig, SearchAgent
     from training.train_exsearch import EMConfig, e_step, m_step, weighted_loss
 
-    model, tok, retriever, data = em_parts
+    model, tok, retriever, data = agent_lm_parts
+    model = copy.deepcopy(model)  # the M-step merges into the weights; the fixture is shared
     random.seed(0), torch.manual_seed(0)
     cfg = EMConfig(samples=2, temperature=0.8, max_hops=1, k=2, max_new_tokens=24, lr=1e-3, epochs=3,
                    batch_size=4, lora_r=8, lora_layers=4)

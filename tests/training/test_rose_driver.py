@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import copy
 import random
-from pathlib import Path
 
-import pytest
 import torch
 
 from training.train_rose import Node, RoseConfig, branch_prefix, owner, to_rollouts
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _node(length: int, reward: float, parent=None, fork=0) -> Node:
@@ -33,21 +29,11 @@ def test_the_tree_becomes_segments_cut_at_the_fork_positions():
     assert owner(nodes, 2, 3) == 0 and owner(nodes, 2, 5) == 1 and owner(nodes, 2, 7) == 2
 
 
-@pytest.fixture(scope="module")
-def parts(artifacts):
-    from indexing.data import load_multihop
-    from models.causal_lm import load_causal_lm
-    from models.registry import load_backend
-
-    model, tok = load_causal_lm(dtype=torch.float32)
-    return model, tok, load_backend(artifacts, "retrieve", "bm25"), load_multihop(ROOT / "data" / "strategyqa")
-
-
-def test_a_branch_replays_the_parent_up_to_the_fork_and_samples_on(parts):
+def test_a_branch_replays_the_parent_up_to_the_fork_and_samples_on(agent_lm_parts):
     from models.exsearch.loop import AgentConfig, SearchAgent
     from training.train_rose import node_from_trace, sample_group
 
-    model, tok, retriever, data = parts
+    model, tok, retriever, data = agent_lm_parts
     q = data.split("train")[0]
     greedy = SearchAgent(model, tok, retriever, data, AgentConfig(max_hops=1, k=2, max_new_tokens=24))
     trace = greedy.run(q["question"])
@@ -79,14 +65,14 @@ def test_a_branch_replays_the_parent_up_to_the_fork_and_samples_on(parts):
         assert 0.0 <= n.reward <= 2.0 and len(n.entropies) == n.length
 
 
-def test_one_grpo_step_moves_the_adapter_and_lowers_the_objective(parts):
+def test_one_grpo_step_moves_the_adapter_and_lowers_the_objective(agent_lm_parts):
     from peft import LoraConfig, get_peft_model
 
     from models.exsearch.loop import AgentConfig, SearchAgent
     from training.train_exsearch import LORA_TARGETS
     from training.train_rose import encode, update, written_logps
 
-    model, tok, retriever, data = parts
+    model, tok, retriever, data = agent_lm_parts
     q = data.split("train")[1]
     agent = SearchAgent(model, tok, retriever, data, AgentConfig(max_hops=1, k=2, max_new_tokens=24))
     from training.train_rose import node_from_trace

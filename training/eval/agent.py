@@ -55,10 +55,9 @@ def calibration_questions(train: list[dict], n: int, exclude: set[str] = frozens
 
 
 def trainer_draws(train: list[dict], agent_dir: Path | None, rounds: int = 10) -> set[str]:
-    """Ids of the training questions a trainer saved in agent_dir drew (its first `rounds` rounds' draws)."""
-    if agent_dir is None or not (agent_dir / "meta.json").exists():
-        return set()
-    meta = read_meta(agent_dir)
+    """Ids of the training questions a trainer saved in agent_dir drew (its first `rounds` rounds' draws; the
+    defaults' draws when it has not saved one yet, so a calibration set does not depend on what is trained)."""
+    meta = read_meta(agent_dir) if agent_dir is not None and (agent_dir / "meta.json").exists() else {}
     cfg = meta.get("em") or meta.get("rose") or {}
     return {q["id"] for r in range(1, max(rounds, meta.get("rounds", 0)) + 1)
             for q in round_questions(train, cfg.get("questions", 16), cfg.get("seed", 0), r)}
