@@ -66,7 +66,7 @@ class EMConfig:
     lora_layers: int = 8  # adapt the top N blocks (backward stops there: ~4x cheaper M-step on a CPU)
     max_len: int = 640  # tokens per training sequence (longer ones are cut from the left of the transcript)
     dev_questions: int = 16
-    calibrate: int = 100  # training questions the final agent's yes/no threshold is fitted on (0: none)
+    calibrate: int = 0  # training questions the final agent's yes/no threshold is fitted on (0: none; README)
     evidence_weight: float = 2.0  # b in w ~ p(gold | z) e^{b x gold recall(z)}; 0: the answer likelihood alone
     seed: int = 0
 

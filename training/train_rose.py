@@ -74,7 +74,7 @@ class RoseConfig:
     lora_alpha: int = 32
     lora_layers: int = 8  # adapt the top N blocks, as EM
     dev_questions: int = 16
-    calibrate: int = 100  # training questions the final agent's yes/no threshold is fitted on (0: none)
+    calibrate: int = 0  # training questions the final agent's yes/no threshold is fitted on (0: none; README)
     seed: int = 0
 
 

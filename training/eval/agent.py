@@ -253,6 +253,7 @@ def plot_trainers(rows: list[dict], path: Path) -> None:
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=trainer)
         ax.set_xlabel("round"), ax.set_title(name), ax.legend()
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -273,6 +274,8 @@ def main(argv=None) -> None:
     p.add_argument("--rose", type=Path, default=None, help="ROSE output directory (default: <artifacts>/agent-rose)")
     p.add_argument("--last-round", action="store_true", help="only each trainer's final round")
     p.add_argument("--no-baselines", action="store_true", help="skip closed book and RAG (the LM baselines)")
+    p.add_argument("--trainers-only", action="store_true",
+                   help="only the per-round comparison of the trainers' own rollouts (table, plot, JSON; seconds)")
     p.add_argument("--calibrate", type=int, default=100,
                    help="training questions each system's yes/no threshold is fitted on (0: generated answers)")
     p.add_argument("--max-hops", type=int, default=2)
@@ -281,10 +284,17 @@ def main(argv=None) -> None:
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
+    agent_dir, rose_dir = a.agent or a.artifacts / "agent", a.rose or a.artifacts / "agent-rose"
+    if a.trainers_only:
+        trainers = trainer_rounds(agent_dir, rose_dir)
+        print(trainer_table(trainers))
+        a.out.mkdir(parents=True, exist_ok=True)
+        plot_trainers(trainers, a.out / "agent-trainers.png")
+        (a.out / "agent-trainers.json").write_text(json.dumps(trainers, indent=2) + "\n")
+        return
     data = load_multihop(a.data)
     questions = data.split(a.split)[: a.limit or None]
     t0 = time.time()
-    agent_dir, rose_dir = a.agent or a.artifacts / "agent", a.rose or a.artifacts / "agent-rose"
     rows = evaluate(questions, data, load_backend(a.artifacts, "retrieve", "bm25"), agent_dir,
                     a.lm, a.max_hops, a.k, dense=load_backend(a.artifacts, "retrieve", "dense"), loops=not a.no_loops,
                     untrained_loop=not a.no_untrained_loop, rose_dir=rose_dir, last_round=a.last_round,
