@@ -192,15 +192,21 @@ def e_step(agent: SearchAgent, questions: list[dict], cfg: EMConfig, compact_pro
     return samples
 
 
-def m_step(model, tok, samples: list[Sample], cfg: EMConfig):
-    """LoRA on the current weights, trained on the weighted trajectories, merged back; returns the model."""
+def agent_lora(model, cfg):
+    """The trainers' LoRA (peft) on the agent LM: rank cfg.lora_r on the attention and MLP projections of the top
+    cfg.lora_layers blocks (EM's M-step and ROSE's policy)."""
     from peft import LoraConfig, get_peft_model
 
     n = model.config.num_hidden_layers
     layers = list(range(max(0, n - cfg.lora_layers), n)) if cfg.lora_layers else None
-    peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                  target_modules=LORA_TARGETS, layers_to_transform=layers,
-                                                  task_type="CAUSAL_LM"))
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                            target_modules=LORA_TARGETS, layers_to_transform=layers,
+                                            task_type="CAUSAL_LM"))
+
+
+def m_step(model, tok, samples: list[Sample], cfg: EMConfig):
+    """LoRA on the current weights, trained on the weighted trajectories, merged back; returns the model."""
+    peft_model = agent_lora(model, cfg)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr)
     peft_model.train()
     order = list(range(len(samples)))

@@ -44,8 +44,8 @@ from models.registry import load_backend
 from training.eval.metrics import exact_match, gold_recall
 from training.rose import Rollout, choose_branch, clipped_objective, semantic_entropy, token_advantages
 from training.train_exsearch import (
-    LORA_TARGETS,
     agent_cli,
+    agent_lora,
     dev_exact_match,
     round_questions,
     save_agent,
@@ -257,18 +257,12 @@ def update(policy, tok, prompt_of, nodes: list[Node], cfg: RoseConfig, opt) -> d
 
 def train(out: Path, cfg: RoseConfig, data_dir: Path = Path("data/strategyqa"),
           artifacts: Path = Path("artifacts/v1"), lm: str | None = None) -> list[dict]:
-    from peft import LoraConfig, get_peft_model
-
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed + 1)
     data = load_multihop(data_dir)
     retriever = load_backend(artifacts, "retrieve", "bm25")
     model, tok = load_causal_lm(lm, dtype=torch.float32)
-    n = model.config.num_hidden_layers
-    layers = list(range(max(0, n - cfg.lora_layers), n)) if cfg.lora_layers else None
-    policy = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                              target_modules=LORA_TARGETS, layers_to_transform=layers,
-                                              task_type="CAUSAL_LM"))
+    policy = agent_lora(model, cfg)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
     train_q, dev_q = data.split("train"), data.split("valid")[: cfg.dev_questions]
     agent_cfg = lambda few_shot, temperature: AgentConfig(  # noqa: E731
