@@ -1,5 +1,5 @@
-"""Command-line helpers shared by the training and evaluation entry points: a config dataclass as --options (the
-dataclass is the one place its defaults live), and the torch thread count.
+"""Helpers shared by the training and evaluation entry points: a config dataclass as --options (the dataclass is
+the one place its defaults live), the torch thread count, and the agent trainers' draw of questions per round.
 
 Importing `training` already set OMP_WAIT_POLICY=PASSIVE (training/__init__.py), before torch loads."""
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import random
 import types
 import typing
 
@@ -79,3 +80,9 @@ def close_epoch(state: dict, epoch: int, losses: list[float]) -> dict:
     state["epoch"] = epoch + 1
     state["history"].append({"epoch": epoch + 1, "loss": float(sum(losses) / max(1, len(losses)))})
     return state["history"][-1]
+
+
+def round_questions(questions: list[dict], n: int, seed: int, round_: int) -> list[dict]:
+    """The training questions of a round: a fresh draw per round that depends only on (seed, round), so EM and
+    ROSE (training.train_rose) with the same seed train on the same questions."""
+    return random.Random(f"{seed}:{round_}").sample(questions, min(n, len(questions)))

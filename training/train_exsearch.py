@@ -42,7 +42,7 @@ from models.artifacts import write_meta
 from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
-from training.common import add_config_args, add_threads_arg, config_from_args, set_threads
+from training.common import add_config_args, add_threads_arg, config_from_args, round_questions, set_threads
 from training.eval.metrics import exact_match, gold_recall
 
 OTHER_ANSWER = {"yes": "no", "no": "yes"}  # the rival of a yes/no gold answer (for `Sample.correct`)
@@ -224,12 +224,6 @@ def m_step(model, tok, samples: list[Sample], cfg: EMConfig):
             bar.set_postfix(loss=f"{loss:.3f}")
     bar.close()
     return peft_model.merge_and_unload().eval()
-
-
-def round_questions(questions: list[dict], n: int, seed: int, round_: int) -> list[dict]:
-    """The training questions of a round: a fresh draw per round that depends only on (seed, round), so EM and
-    ROSE (training.train_rose) with the same seed train on the same questions."""
-    return random.Random(f"{seed}:{round_}").sample(questions, min(n, len(questions)))
 
 
 def trajectory_stats(samples) -> dict[str, float]:

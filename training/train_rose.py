@@ -41,13 +41,13 @@ from indexing.data import load_multihop
 from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent, Trace
 from models.registry import load_backend
+from training.common import round_questions
 from training.eval.metrics import exact_match, gold_recall
 from training.rose import Rollout, choose_branch, clipped_objective, semantic_entropy, token_advantages
 from training.train_exsearch import (
     agent_cli,
     agent_lora,
     dev_exact_match,
-    round_questions,
     save_agent,
     trajectory_stats,
 )

@@ -39,10 +39,9 @@ from models.backend import Request
 from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
-from training.common import add_threads_arg, set_threads
+from training.common import add_threads_arg, round_questions, set_threads
 from training.eval.metrics import evidence, exact_match, f1, proportion_ci
 from training.eval.yesno import best_threshold
-from training.train_exsearch import round_questions
 
 K_EVIDENCE = 10  # evidence recall@10: the single-shot baselines retrieve 10
 
@@ -217,7 +216,7 @@ TRAINER_COLUMNS = [("reward", "mean_reward"), ("gold recall", "mean_recall"), ("
 
 def trainer_rounds(em_dir: Path, rose_dir: Path) -> list[dict]:
     """Per trainer and round, the statistics of its own training rollouts (meta.json's log), on the same questions
-    (training.train_exsearch.round_questions)."""
+    (training.common.round_questions)."""
     rows = []
     for trainer, tdir in (("EM", em_dir), ("ROSE", rose_dir)):
         if not (tdir / "meta.json").exists():
