@@ -272,13 +272,14 @@ class SearchAgent:
         lines = [f"[doc:{d}] {self._passage(d)}" for d in doc_ids] or ["(no results)"]
         return "Results:\n" + "\n".join(lines) + "\n"
 
-    def _final_answer(self, question: str, prompt: str) -> tuple[str, str, float]:
+    def _final_answer(self, question: str, prompt: str) -> tuple[str, str, float, float | None]:
         """Generate after a prompt ending in 'Answer:' (or read the calibrated preference there); returns
-        (normalised, raw, ms)."""
+        (normalised, raw, ms, the preference score when the answer was read from it, else None)."""
         if self.by_preference(question) and prompt.endswith("Answer:"):
             t0 = time.perf_counter()
             answer, score = self._preferred(prompt)
-            return answer, f"{answer} (log P(yes) - log P(no) = {score:+.3f})", (time.perf_counter() - t0) * 1000
+            return (answer, f"{answer} (log P(yes) - log P(no) = {score:+.3f})", (time.perf_counter() - t0) * 1000,
+                    score)
         raw, ms = self._generate(prompt, self.config.answer_tokens)
         line = next((ln.strip() for ln in raw.splitlines() if ln.strip()), "")
         answer = line
@@ -289,7 +290,7 @@ class SearchAgent:
                 yn = self._yes_no_by_score(prompt)
                 ms += (time.perf_counter() - t0) * 1000
             answer = yn
-        return answer, raw, ms
+        return answer, raw, ms, None
 
     def _normalise(self, question: str, answer: str) -> str:
         if self.config.yes_no and is_yes_no_question(question):
@@ -414,14 +415,15 @@ class SearchAgent:
         if trace.stop_reason != "answer" and answer:
             # a branch into the forced answer continues its given start ("Answer:" or "Answer: y")
             start = seed if seed.startswith("Answer:") and not pending else "Answer:"
-            text, raw, ms = self._final_answer(question, trace.context + start)
+            text, raw, ms, score = self._final_answer(question, trace.context + start)
             raw = start[len("Answer:"):] + raw
             if self.config.yes_no and is_yes_no_question(question) and start != "Answer:":
                 text = normalize_yes_no(raw) or text
             trace.steps.append(Step(Action(ANSWER, text or "(none)"), raw, gen_ms=ms, forced=True))
-            trace.answer, trace.raw_answer = text, raw.strip()
+            trace.answer, trace.raw_answer, trace.answer_score = text, raw.strip(), score
             emit(trace.steps[-1])
-        if answer and self.by_preference(question):  # the calibrated preference decides, whoever wrote the line
+        if answer and self.by_preference(question) and trace.answer_score is None:
+            # the calibrated preference decides, whoever wrote the line (a forced answer has already read it)
             t0 = time.perf_counter()
             trace.answer, trace.answer_score = self._preferred(trace.context + "Answer:")
             trace.steps[-1].gen_ms += (time.perf_counter() - t0) * 1000
@@ -433,7 +435,7 @@ class SearchAgent:
         """Retrieve top-k for the question once, then answer; returns (answer, doc ids, ms)."""
         t0 = time.perf_counter()
         ids = self._retrieve(question, k or self.config.k)
-        answer, _, _ = self._final_answer(question, self.rag_prompt(question, ids))
+        answer, *_ = self._final_answer(question, self.rag_prompt(question, ids))
         return answer, ids, (time.perf_counter() - t0) * 1000
 
     def rag_prompt(self, question: str, ids: list[str]) -> str:
@@ -446,7 +448,7 @@ class SearchAgent:
     def closed_book_answer(self, question: str) -> tuple[str, float]:
         """Answer from the model's parameters alone; returns (answer, ms)."""
         t0 = time.perf_counter()
-        answer, _, _ = self._final_answer(question, self.closed_book_prompt(question))
+        answer, *_ = self._final_answer(question, self.closed_book_prompt(question))
         return answer, (time.perf_counter() - t0) * 1000
 
 

@@ -25,7 +25,7 @@ from indexing.data import load_multihop
 from models.causal_lm import fast_dtype, load_causal_lm
 from models.registry import load_backend
 from training.common import add_threads_arg, set_threads
-from training.eval.metrics import exact_match
+from training.eval.metrics import exact_match, proportion_ci
 
 HEADER = "Answer each question with yes or no.\n\n"
 
@@ -110,7 +110,7 @@ def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, ca
         acc = float(np.mean([exact_match(p, q["answer"]) for p, q in zip(preds, test)]))
         y = np.array([q["answer"] == "yes" for q in test])
         rows.append({"lm": rows[0]["lm"], "context": context, "n": len(test), "accuracy": acc,
-                     "ci95": 1.96 * (acc * (1 - acc) / len(test)) ** 0.5, "auc": auc(s_test, y),
+                     "ci95": proportion_ci(acc, len(test)), "auc": auc(s_test, y),
                      "yes_rate": float(np.mean([p == "yes" for p in preds])), "threshold": thr,
                      "calibration_accuracy": float(np.mean((s_cal > thr) == y_cal)), "ms_per_question": ms})
         print(json.dumps(rows[-1]), flush=True)
