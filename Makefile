@@ -10,6 +10,9 @@ EPOCHS   = $(if $(1),--epochs $(1))
 # README "DSI-QG"); ~7x the examples per epoch, so CI leaves it off
 QG_FILE  = data/strategyqa-facts/pseudo-queries/kept.jsonl
 QG       = $(if $(filter 1,$(DOCID_QG)),--pseudo-queries $(QG_FILE))
+# `make artifacts` trains SASRec and DiffuGR side by side (make -j2), each on half the cores (one thread each on a
+# 2-core machine: these small models train about as fast on one thread as on two, and the two jobs overlap)
+HALF    := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n / 2 > 0 ? n / 2 : 1 )))
 
 .PHONY: install data lm artifacts agent agent-rose agent-student gems gems-student ml1m collab-info evolve evolve-gems serve test eval eval-diffugr eval-agent bench-docid \
         loadtest lint clean serve-ray
@@ -27,7 +30,7 @@ data: install
 	$(BIN)/python -m indexing.prepare
 
 $(ART)/recommend/sasrec/meta.json:
-	$(BIN)/python -m training.train_sasrec --out $(ART)/recommend/sasrec $(call EPOCHS,$(SASREC_EPOCHS))
+	$(BIN)/python -m training.train_sasrec --out $(ART)/recommend/sasrec $(call EPOCHS,$(SASREC_EPOCHS)) --threads $(HALF)
 
 $(ART)/retrieve/docids/meta.json:
 	$(BIN)/python -m indexing.docids --artifacts $(ART)
@@ -37,7 +40,7 @@ $(QG_FILE):
 
 $(ART)/retrieve/diffugr/meta.json: $(ART)/retrieve/docids/meta.json $(if $(QG),$(QG_FILE))
 	$(BIN)/python -m training.train_diffugr --mode diffusion --docids $(ART)/retrieve/docids \
-	  --out $(ART)/retrieve/diffugr $(call EPOCHS,$(DOCID_EPOCHS)) $(QG)
+	  --out $(ART)/retrieve/diffugr $(call EPOCHS,$(DOCID_EPOCHS)) $(QG) --threads $(HALF)
 
 $(ART)/retrieve/ar/meta.json: $(ART)/retrieve/docids/meta.json $(if $(QG),$(QG_FILE))
 	$(BIN)/python -m training.train_diffugr --mode ar --docids $(ART)/retrieve/docids \
@@ -50,7 +53,7 @@ lm: install
 artifacts: data lm
 	$(BIN)/python -m indexing.build --artifacts $(ART)
 	$(BIN)/python -m indexing.build --dataset ml1m
-	$(MAKE) --no-print-directory $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
+	$(MAKE) --no-print-directory -j2 $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
 
 # EXSEARCH: generalized-EM rounds of the agent (SmolLM2-135M on CPU); /search?mode=agentic serves the result,
 # or the untrained base LM with a worked example when it is missing
