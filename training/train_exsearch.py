@@ -16,9 +16,17 @@ M-step: maximise sum_k w_k log p(z_k, y | x): the weighted negative log-likeliho
 wrote (actions and the gold answer; the retrieved result blocks and the prompt are context, not targets),
 with LoRA adapters (peft) merged into the weights after the step.
 
-The first round samples with the worked example in the prompt (the untrained model needs it to follow the
-format); every M-step trains on the compact prompt without it, so the trained agent runs without the
-example (shorter prompts, and the format is now in the weights). Logged per round: mean p(gold | z), the
+Warm start (round 0, `--warm-start N`, off by default): before EM, behaviour cloning of a gold-guided expert on N
+training questions. The expert searches the question itself, records the gold facts the results show, and spends
+each further hop on a missing gold fact by searching with that fact's own text, so the model learns to write its
+next query as a hypothetical fact (a HyDE query: Gao et al. 2022, "Precise zero-shot dense retrieval without
+relevance labels"). At test time no gold is known: the model writes the fact it expects to find, and BM25 matches it.
+The untrained model's own queries are short and generic, so its E-step samples rarely retrieve gold evidence and the
+evidence-aware weights have nothing to choose between; the warm start gives EM trajectories worth weighting.
+
+The first EM round samples with the worked example in the prompt (the untrained model needs it to follow the
+format; not after a warm start); every M-step trains on the compact prompt without it, so the trained agent runs
+without the example (shorter prompts, and the format is now in the weights). Logged per round: mean p(gold | z), the
 effective sample size of the weights, the weighted loss before/after the M-step, dev EM. Each round's model
 is saved as a standard HF checkpoint (round-N/), and the last one also at --out itself with meta.json.
 """
@@ -40,6 +48,7 @@ from tqdm import tqdm
 from indexing.data import load_multihop
 from models.artifacts import write_meta
 from models.causal_lm import fast_dtype, load_causal_lm
+from models.exsearch.actions import RECORD, SEARCH, Action
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
 from training.common import add_config_args, add_threads_arg, config_from_args, round_questions, set_threads
@@ -68,6 +77,9 @@ class EMConfig:
     dev_questions: int = 16
     calibrate: int = 0  # training questions the final agent's yes/no threshold is fitted on (0: none; README)
     evidence_weight: float = 2.0  # b in w ~ p(gold | z) e^{b x gold recall(z)}; 0: the answer likelihood alone
+    warm_start: int = 0  # training questions of the gold-guided behaviour-cloning round 0 (0: none)
+    warm_epochs: int = 1  # passes over the warm start's trajectories
+    record_words: int = 16  # the warm start's Records keep a fact's first words (a Record is one generated line)
     seed: int = 0
 
 
@@ -95,7 +107,7 @@ class RoundLog:
     round: int
     questions: int
     trajectories: int
-    mean_p_gold: float
+    mean_p_gold: float | None  # None for the warm start (its trajectories are the expert's, not sampled)
     mean_ess: float  # effective sample size per question, 1..samples
     loss_before: float
     loss_after: float
@@ -166,6 +178,41 @@ def weighted_loss(model, tok, samples: list[Sample], max_len: int, batch_size: i
                 loss.backward()
         total += loss.item()
     return total
+
+
+# ------------------------------------------------------------------ warm start: a gold-guided expert
+def warm_start_questions(train: list[dict], n: int, seed: int) -> list[dict]:
+    """The warm start's training questions: a draw that depends only on (seed, n), with gold supporting facts."""
+    pool = [q for q in train if q.get("supporting")]
+    return random.Random(f"warm:{seed}").sample(pool, min(n, len(pool)))
+
+
+def expert_trajectory(agent: SearchAgent, q: dict, max_hops: int, record_words: int = 16) -> Sample:
+    """The gold-guided trajectory of question q under agent's retriever and result format. Hop 1 searches the
+    question; every later hop searches with the text of the first gold fact not yet retrieved (a hypothetical-fact
+    query; the last gold fact when none is missing). After each search the gold facts the results show (not yet
+    recorded) are recorded, their first record_words words with the citation. Answer: the gold one."""
+    gold = list(q["supporting"])
+    segments: list[tuple[str, bool]] = []
+    retrieved: list[str] = []
+    recorded: set[str] = set()
+    for hop in range(max_hops):
+        missing = [d for d in gold if d not in retrieved]
+        query = q["question"].strip() if hop == 0 else " ".join(agent.passage(missing[0] if missing
+                                                                              else gold[-1]).split())
+        search = Action(SEARCH, query)
+        ids = agent.retrieve(search.text, agent.config.k)
+        retrieved += [d for d in ids if d not in retrieved]
+        segments += [(search.render() + "\n", True), (agent.results_block(ids), False)]
+        for d in ids:
+            if d in gold and d not in recorded:
+                words = agent.passage(d).split()
+                text = " ".join(words[:record_words]) + (" ..." if len(words) > record_words else "")
+                segments.append((Action(RECORD, text, d).render() + "\n", True))
+                recorded.add(d)
+    tokens = sum(len(agent.tokenizer(t, add_special_tokens=False).input_ids) for t, mine in segments if mine)
+    return Sample(q["question"], agent.prompt_prefix(q["question"]), segments, q["answer"], weight=1.0,
+                  hops=max_hops, recall=gold_recall(retrieved, gold), correct=True, tokens=tokens)
 
 
 # ------------------------------------------------------------------ E-step and M-step
@@ -256,10 +303,15 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
     agent_cfg = lambda few_shot, temperature: AgentConfig(  # noqa: E731
         max_hops=cfg.max_hops, k=cfg.k, max_new_tokens=cfg.max_new_tokens, few_shot=few_shot,
         temperature=temperature)
-    compact = SearchAgent(model, tok, retriever, data, agent_cfg(False, 0.0)).prompt_prefix
+    compact_agent = SearchAgent(model, tok, retriever, data, agent_cfg(False, 0.0))
+    compact = compact_agent.prompt_prefix
+    if cfg.warm_start:
+        logs.append(warm_start(model, tok, compact_agent, train_q, dev_q, cfg, out))
+        model = compact_agent.lm
     for r in range(1, cfg.rounds + 1):
         sampler = copy.deepcopy(model).to(fast_dtype()).eval()  # generation copy: bf16 where it is native (~2x)
-        agent = SearchAgent(sampler, tok, retriever, data, agent_cfg(r == 1, cfg.temperature))
+        agent = SearchAgent(sampler, tok, retriever, data, agent_cfg(r == 1 and not cfg.warm_start,
+                                                                     cfg.temperature))
         t0 = time.perf_counter()
         samples = e_step(agent, round_questions(train_q, cfg.questions, cfg.seed, r), cfg, compact)
         sample_s = time.perf_counter() - t0
@@ -289,11 +341,42 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
     return logs
 
 
+def warm_start(model, tok, agent: SearchAgent, train_q: list[dict], dev_q: list[dict], cfg: EMConfig,
+               out: Path) -> RoundLog:
+    """Round 0: LoRA behaviour cloning of the gold-guided expert on cfg.warm_start training questions, merged;
+    saved as round-0/ and left in agent.lm."""
+    import dataclasses
+
+    t0 = time.perf_counter()
+    samples = [expert_trajectory(agent, q, cfg.max_hops, cfg.record_words)
+               for q in tqdm(warm_start_questions(train_q, cfg.warm_start, cfg.seed), desc="warm start (expert)")]
+    sample_s = time.perf_counter() - t0
+    before = weighted_loss(model, tok, samples[:64], cfg.max_len)
+    t0 = time.perf_counter()
+    model = m_step(model, tok, samples, dataclasses.replace(cfg, epochs=cfg.warm_epochs))
+    train_s = time.perf_counter() - t0
+    after = weighted_loss(model, tok, samples[:64], cfg.max_len)
+    agent.lm = model
+    log = RoundLog(0, len(samples), len(samples), None, 1.0, before, after, sample_s=sample_s,
+                   train_s=train_s, extra=trajectory_stats(samples))
+    save = out / "round-0"
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(save)
+    tok.save_pretrained(save)
+    if dev_q:
+        dev_agent = copy.copy(agent)
+        dev_agent.lm = copy.deepcopy(model).to(torch.bfloat16).eval()
+        log.dev_em = dev_exact_match(dev_agent, dev_q, cfg.max_hops)
+    print(f"warm start: {len(samples)} expert trajectories (gold recall {log.extra['mean_recall']:.3f}), "
+          f"loss on the first 64 {before:.3f} -> {after:.3f}, dev EM {log.dev_em}", flush=True)
+    (save / "em_round.json").write_text(json.dumps(asdict(log), indent=2) + "\n")
+    return log
+
+
 def save_agent(out: Path, cfg, data_dir: Path, artifacts: Path, **meta) -> None:
     """meta.json of a trained agent (its last round is the served LM: models.exsearch.loop.load_trained), then its
     calibrated yes/no threshold (cfg.calibrate training questions; 0: none). Shared by EM and ROSE."""
     write_meta(out, backend="agent", model=f"round-{cfg.rounds}", few_shot=False, max_hops=cfg.max_hops, k=cfg.k,
-               rounds=cfg.rounds, retriever="bm25", data=str(data_dir), **meta)
+               max_new_tokens=cfg.max_new_tokens, rounds=cfg.rounds, retriever="bm25", data=str(data_dir), **meta)
     if cfg.calibrate:
         from training.calibrate_agent import calibrate_saved
 

@@ -263,13 +263,15 @@ class SearchAgent:
             return [h.id for h in self.retriever.answer([Request("retrieve", query=query, k=k)])[0].hits]
         return list(self.retriever(query, k))[:k]
 
-    def _passage(self, doc_id: str) -> str:
+    def passage(self, doc_id: str) -> str:
+        """A passage as the model is shown it: whitespace collapsed, clipped to max_passage_chars."""
         text = " ".join(self._text(doc_id).split())
         limit = self.config.max_passage_chars
         return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
-    def _results_block(self, doc_ids: list[str]) -> str:
-        lines = [f"[doc:{d}] {self._passage(d)}" for d in doc_ids] or ["(no results)"]
+    def results_block(self, doc_ids: list[str]) -> str:
+        """The block a Search shows the model: one '[doc:<id>] <passage>' line per result."""
+        lines = [f"[doc:{d}] {self.passage(d)}" for d in doc_ids] or ["(no results)"]
         return "Results:\n" + "\n".join(lines) + "\n"
 
     def _final_answer(self, question: str, prompt: str) -> tuple[str, str, float, float | None]:
@@ -390,7 +392,7 @@ class SearchAgent:
                 step.retrieved = ids
                 retrieved.update(ids)
                 trace.hops += 1
-                results = self._results_block(ids)
+                results = self.results_block(ids)
                 trace.segments += [(action.render() + "\n", True), (results, False)]
             elif action.kind == RECORD:
                 if all((e.text, e.doc_id) != (action.text, action.doc_id) for e in trace.evidence):
@@ -439,7 +441,7 @@ class SearchAgent:
         return answer, ids, (time.perf_counter() - t0) * 1000
 
     def rag_prompt(self, question: str, ids: list[str]) -> str:
-        facts = "Facts:\n" + "\n".join(f"[doc:{d}] {self._passage(d)}" for d in ids) + "\n"
+        facts = "Facts:\n" + "\n".join(f"[doc:{d}] {self.passage(d)}" for d in ids) + "\n"
         return f"{BASELINE_HEADER}{RAG_EXAMPLE}{facts}Question: {question.strip()}\nAnswer:"
 
     def closed_book_prompt(self, question: str) -> str:
@@ -485,4 +487,5 @@ def load_trained(agent_dir: Path):
     meta = read_meta(agent_dir)
     model, tok = load_causal_lm(Path(agent_dir) / meta["model"], dtype=fast_dtype())
     return model, tok, AgentConfig(max_hops=meta.get("max_hops", 3), k=meta.get("k", 3), few_shot=False,
+                                   max_new_tokens=meta.get("max_new_tokens", AgentConfig.max_new_tokens),
                                    yes_threshold=meta.get("yes_threshold")), meta

@@ -1,4 +1,5 @@
-"""The GEMS diagnostic's two measuring parts on hand-made data: the last-item transition baseline and the linear probe."""
+"""The GEMS diagnostic's two measuring parts on hand-made data: the last-item transition baseline and the linear
+probe."""
 from __future__ import annotations
 
 import pytest

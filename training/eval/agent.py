@@ -54,12 +54,16 @@ def calibration_questions(train: list[dict], n: int, exclude: set[str] = frozens
 
 
 def trainer_draws(train: list[dict], agent_dir: Path | None, rounds: int = 10) -> set[str]:
-    """Ids of the training questions a trainer saved in agent_dir drew (its first `rounds` rounds' draws; the
-    defaults' draws when it has not saved one yet, so a calibration set does not depend on what is trained)."""
+    """Ids of the training questions a trainer saved in agent_dir drew (its warm start's and its first `rounds`
+    rounds' draws; the defaults' draws when it has not saved one yet, so a calibration set does not depend on what
+    is trained)."""
+    from training.train_exsearch import warm_start_questions
+
     meta = read_meta(agent_dir) if agent_dir is not None and (agent_dir / "meta.json").exists() else {}
     cfg = meta.get("em") or meta.get("rose") or {}
-    return {q["id"] for r in range(1, max(rounds, meta.get("rounds", 0)) + 1)
-            for q in round_questions(train, cfg.get("questions", 16), cfg.get("seed", 0), r)}
+    warm = warm_start_questions(train, cfg["warm_start"], cfg.get("seed", 0)) if cfg.get("warm_start") else []
+    return {q["id"] for q in warm} | {q["id"] for r in range(1, max(rounds, meta.get("rounds", 0)) + 1)
+                                      for q in round_questions(train, cfg.get("questions", 16), cfg.get("seed", 0), r)}
 
 
 def calibrate(score, questions: list[dict], desc: str = "calibrate") -> dict:
@@ -117,6 +121,9 @@ def run_loop(name: str, agent: SearchAgent, questions: list[dict]) -> dict:
     row["parse_errors_per_q"] = parse_errors / max(1, len(questions))
     row["tokens_per_q"] = float(np.mean(tokens))
     row.update(evidence([q.get("supporting", []) for q in questions], retrieved, recorded, k=K_EVIDENCE))
+    # per question, for readers downstream (training.eval.yesno --contexts agent reads the retrieved facts)
+    row["per_question"] = [{"id": q["id"], "retrieved": r, "recorded": c, "answer": p}
+                           for q, r, c, p in zip(questions, retrieved, recorded, preds)]
     return row
 
 
@@ -143,7 +150,7 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
 
     rows = [summarise(f"majority ('{majority}')", [majority] * len(golds), golds, [0] * len(golds),
                       [0.0] * len(golds))]
-    for n in (K_EVIDENCE, max_hops * k):  # at the loop's own budget too (max_hops searches of k passages)
+    for n in dict.fromkeys((K_EVIDENCE, max_hops * k)):  # at the loop's own budget too (max_hops x k passages)
         rows.append(single_shot(f"BM25 top-{n} of the question", retriever, questions, k=n))
     if dense is not None:
         rows.append(single_shot(f"dense top-{K_EVIDENCE} of the question", dense, questions))
@@ -176,7 +183,8 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
         meta = meta or tmeta
         for path in trained_rounds(tdir, last_round):
             model, tok = load_causal_lm(path, dtype=fast_dtype())
-            cfg = AgentConfig(max_hops=max_hops, k=tmeta.get("k", k), few_shot=False)
+            cfg = AgentConfig(max_hops=max_hops, k=tmeta.get("k", k), few_shot=False,
+                              max_new_tokens=tmeta.get("max_new_tokens", AgentConfig.max_new_tokens))
             rows.append(loop_row(f"loop after {trainer} {path.name}", SearchAgent(model, tok, retriever, data, cfg)))
     for name in ("student", "student-scratch"):  # training.train_lrc --agent: clones of the served agent's LM
         sdir = agent_dir / name

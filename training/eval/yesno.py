@@ -8,6 +8,12 @@ few-shot ones) turns scores into answers; accuracy (training.eval.metrics.exact_
 95% interval, the AUC of the score, and the majority class beside it.
 
     python -m training.eval.yesno --lm artifacts/lm/smollm2-135m-instruct --contexts none,bm25,gold
+
+Contexts `agent-retrieved` and `agent-recorded` read the facts a trained agent loop (--agent, training.train_exsearch)
+found for the question: everything its searches retrieved (in order, at most 10) or what it recorded. A small LM
+searches, the reader LM (--lm) answers. The loop runs on the calibration questions (training questions the trainer
+did not draw) and on the test questions, unless --agent-traces gives training.eval.agent's JSON of the same agent
+(its last loop row's per-question ids are the test split's).
 """
 from __future__ import annotations
 
@@ -30,7 +36,36 @@ from training.eval.metrics import exact_match, proportion_ci
 HEADER = "Answer each question with yes or no.\n\n"
 
 
-def facts_for(q: dict, context: str, passages: dict[str, str], bm25, k: int) -> list[str]:
+AGENT_CONTEXTS = ("agent-retrieved", "agent-recorded")
+AGENT_FACTS = 10  # at most this many retrieved facts (evidence recall@10 is what the loop is measured by)
+
+
+def agent_fact_ids(agent_dir: Path, questions: list[dict], data, artifacts: Path, traces: Path | None = None
+                   ) -> dict[str, dict[str, list[str]]]:
+    """Per question id, the ids the trained agent's loop retrieved and recorded: read from training.eval.agent's
+    JSON where it holds the question (`traces`), else from running the loop (greedy, so the same ids)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    if traces is not None:
+        rows = [r for r in json.loads(Path(traces).read_text())["rows"] if r.get("per_question")]
+        for item in rows[-1]["per_question"] if rows else []:
+            out[item["id"]] = {"retrieved": item["retrieved"], "recorded": item["recorded"]}
+    todo = [q for q in questions if q["id"] not in out]
+    if todo:
+        from models.exsearch.loop import SearchAgent, load_trained
+
+        model, tok, config, _ = load_trained(agent_dir)
+        agent = SearchAgent(model, tok, load_backend(artifacts, "retrieve", "bm25"), data, config)
+        for q in tqdm(todo, desc="agent loop"):
+            tr = agent.run(q["question"], answer=False)
+            out[q["id"]] = {"retrieved": tr.retrieved_ids, "recorded": [e.doc_id for e in tr.evidence]}
+    return out
+
+
+def facts_for(q: dict, context: str, passages: dict[str, str], bm25, k: int,
+              agent_ids: dict[str, dict[str, list[str]]] | None = None) -> list[str]:
+    if context in AGENT_CONTEXTS:
+        ids = agent_ids[q["id"]]["retrieved" if context == "agent-retrieved" else "recorded"]
+        return [passages[d] for d in ids[:AGENT_FACTS] if d in passages]
     if context == "gold":
         return [passages[d] for d in q.get("supporting", []) if d in passages]
     if context == "bm25":
@@ -78,7 +113,7 @@ def best_threshold(s: np.ndarray, y: np.ndarray) -> float:
 
 
 def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, calibrate: int, limit: int | None,
-        k: int = 3, seed: int = 0) -> list[dict]:
+        k: int = 3, seed: int = 0, agent: Path | None = None, agent_traces: Path | None = None) -> list[dict]:
     data = load_multihop(data_dir)
     passages = {pid: p["text"] for pid, p in data.passages.items()}
     train, test = data.split("train"), data.split("test")
@@ -89,7 +124,18 @@ def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, ca
     rng.shuffle(shots)
     shot_ids = {id(q) for q in shots}
     calib = [q for q in train if id(q) not in shot_ids]
+    pool = calib
     calib = rng.sample(calib, min(calibrate, len(calib)))
+    agent_ids, agent_calib = None, calib
+    if any(c in AGENT_CONTEXTS for c in contexts):
+        from training.eval.agent import trainer_draws
+
+        if agent is None:
+            raise SystemExit(f"contexts {AGENT_CONTEXTS} need --agent <directory of a trained agent>")
+        drawn = trainer_draws(train, agent)  # the agent trained on these: its retrieval there is not held out
+        agent_pool = [q for q in pool if q["id"] not in drawn]
+        agent_calib = random.Random(f"{seed}:agent").sample(agent_pool, min(calibrate, len(agent_pool)))
+        agent_ids = agent_fact_ids(agent, agent_calib + test, data, artifacts, agent_traces)
     model, tok = load_causal_lm(lm, dtype=fast_dtype())
     bm25 = load_backend(artifacts, "retrieve", "bm25")
     majority = max(("yes", "no"), key=lambda a: sum(q["answer"] == a for q in train))
@@ -100,12 +146,13 @@ def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, ca
                       for q in shots)
         t0 = time.perf_counter()
         def prompt(q, few=few, context=context):
-            return HEADER + few + block(q, facts_for(q, context, passages, bm25, k), None)
-        s_cal = scores(model, tok, [prompt(q) for q in calib], f"{context}: calibrate")
-        y_cal = np.array([q["answer"] == "yes" for q in calib])
+            return HEADER + few + block(q, facts_for(q, context, passages, bm25, k, agent_ids), None)
+        cal_q = agent_calib if context in AGENT_CONTEXTS else calib
+        s_cal = scores(model, tok, [prompt(q) for q in cal_q], f"{context}: calibrate")
+        y_cal = np.array([q["answer"] == "yes" for q in cal_q])
         thr = best_threshold(s_cal, y_cal)
         s_test = scores(model, tok, [prompt(q) for q in test], f"{context}: test")
-        ms = (time.perf_counter() - t0) * 1000 / (len(calib) + len(test))
+        ms = (time.perf_counter() - t0) * 1000 / (len(cal_q) + len(test))
         preds = ["yes" if v > thr else "no" for v in s_test]
         acc = float(np.mean([exact_match(p, q["answer"]) for p, q in zip(preds, test)]))
         y = np.array([q["answer"] == "yes" for q in test])
@@ -125,11 +172,15 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/v1"))
     p.add_argument("--calibrate", type=int, default=200, help="training questions the threshold is fitted on")
     p.add_argument("--limit", type=int, default=None, help="first N test questions (default: all 466)")
+    p.add_argument("--agent", type=Path, default=None, help="trained agent for the agent-* contexts")
+    p.add_argument("--agent-traces", type=Path, default=None,
+                   help="training.eval.agent's JSON of that agent on the test split (its ids are reused)")
     p.add_argument("--out", type=Path, default=Path("results"))
     add_threads_arg(p)
     a = p.parse_args(argv)
     set_threads(a.threads)
-    rows = run(a.lm, a.contexts.split(","), a.data, a.artifacts, a.calibrate, a.limit)
+    rows = run(a.lm, a.contexts.split(","), a.data, a.artifacts, a.calibrate, a.limit, agent=a.agent,
+               agent_traces=a.agent_traces)
     a.out.mkdir(parents=True, exist_ok=True)
     name = f"yesno-{rows[0]['lm']}.json"
     (a.out / name).write_text(json.dumps(rows, indent=2) + "\n")
