@@ -55,10 +55,11 @@ artifacts: data lm
 	$(BIN)/python -m indexing.build --dataset ml1m
 	$(MAKE) --no-print-directory -j2 $(ART)/recommend/sasrec/meta.json $(ART)/retrieve/diffugr/meta.json
 
-# EXSEARCH: generalized-EM rounds of the agent (SmolLM2-135M on CPU); /search?mode=agentic serves the result,
-# or the untrained base LM with a worked example when it is missing
+# EXSEARCH: the agent (SmolLM2-135M on CPU), warm-started on a gold-guided expert (--preset warm; README "Warm start";
+# the EM rounds alone: drop the preset); /search?mode=agentic serves it, or the untrained base LM with a worked example
+# when it is missing
 $(ART)/agent/meta.json:
-	$(BIN)/python -m training.train_exsearch --out $(ART)/agent --artifacts $(ART)
+	$(BIN)/python -m training.train_exsearch --out $(ART)/agent --artifacts $(ART) --preset warm
 
 agent: artifacts
 	$(MAKE) --no-print-directory $(ART)/agent/meta.json

@@ -64,7 +64,7 @@ JOBS: dict[str, Job] = {
          None))),
     "agent": Job("agent", ("agent",), (
         (("-m", "training.train_exsearch", "--data", "{data}/strategyqa", "--artifacts", "{stage}",
-          "--out", "{stage}/agent", "--threads", "{threads}"), "agent"),
+          "--out", "{stage}/agent", "--preset", "warm", "--threads", "{threads}"), "agent"),
         # its Low-Rank Clone student, served (UNISR_AGENT_STUDENT=true) when a budget is under the teacher's step
         (("-m", "training.train_lrc", "--agent", "{stage}/agent", "--data", "{data}", "--threads", "{threads}"),
          "agent/student"))),

@@ -383,8 +383,15 @@ def save_agent(out: Path, cfg, data_dir: Path, artifacts: Path, **meta) -> None:
         calibrate_saved(out, cfg.calibrate, data_dir, artifacts)
 
 
-def agent_cli(argv, doc: str, config_cls, out: Path, train_fn) -> None:
-    """The command line of an agent trainer: paths, the config dataclass's fields, threads."""
+# named settings over EMConfig's defaults (explicit options still win). "warm": the served agent (`make agent`, the job
+# runner): the gold-guided warm start on 1,200 training questions, 5 passages a search, room in a step for a Record's
+# citation; no EM rounds after it yet (README "Warm start")
+PRESETS: dict[str, dict] = {"warm": {"warm_start": 1200, "rounds": 0, "k": 5, "max_new_tokens": 48}}
+
+
+def agent_cli(argv, doc: str, config_cls, out: Path, train_fn, presets: dict[str, dict] | None = None) -> None:
+    """The command line of an agent trainer: paths, the config dataclass's fields, threads, and a --preset of
+    named settings where the trainer has them."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=out)
     p.add_argument("--data", type=Path, default=Path("data/strategyqa"))
@@ -392,13 +399,17 @@ def agent_cli(argv, doc: str, config_cls, out: Path, train_fn) -> None:
     p.add_argument("--lm", default=None, help="local HF causal-LM directory (default: the prepared SmolLM2-135M)")
     add_config_args(p, config_cls)
     add_threads_arg(p)
+    if presets:
+        p.add_argument("--preset", choices=sorted(presets), default=None,
+                       help="named settings replacing the defaults (options given still win)")
+        p.set_defaults(**presets.get(p.parse_known_args(argv)[0].preset, {}))
     a = p.parse_args(argv)
     set_threads(a.threads)
     train_fn(a.out, config_from_args(config_cls, a), a.data, a.artifacts, a.lm)
 
 
 def main(argv=None) -> None:
-    agent_cli(argv, __doc__, EMConfig, Path("artifacts/v1/agent"), train)
+    agent_cli(argv, __doc__, EMConfig, Path("artifacts/v1/agent"), train, PRESETS)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ def test_exsearch_and_eval_clis_set_threads(monkeypatch):
 
     seen = _captured(monkeypatch, train_exsearch, "train", ["--threads", "1"])
     assert seen["args"][1] == train_exsearch.EMConfig() and seen["threads"] == 1
+    # the served agent's preset replaces the defaults; an option given still wins
+    seen = _captured(monkeypatch, train_exsearch, "train", ["--preset", "warm", "--k", "4"])
+    assert seen["args"][1] == train_exsearch.EMConfig(**{**train_exsearch.PRESETS["warm"], "k": 4})
+    assert seen["args"][1].warm_start == 1200 and seen["args"][1].rounds == 0
     from training import train_rose  # the same command line (train_exsearch.agent_cli), its own config and --out
 
     monkeypatch.setattr(train_rose, "train", lambda *args: seen.update(rose=args))

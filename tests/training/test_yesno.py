@@ -26,7 +26,7 @@ def test_agent_contexts_read_the_loops_retrieved_or_recorded_facts(tmp_path):
         {"system": "BM25 top-10 of the question"},
         {"system": "loop after EM round-0", "per_question": [{"id": "q1", "retrieved": retrieved,
                                                               "recorded": ["d3"], "answer": "no"}]}]}))
-    ids = agent_fact_ids(tmp_path, [{"id": "q1"}], data=None, artifacts=tmp_path, traces=traces)  # no loop runs
+    ids = agent_fact_ids(tmp_path, [{"id": "q1"}], data=None, artifacts=tmp_path, traces=[traces])  # no loop runs
     passages = {d: f"fact {d}" for d in retrieved}
     q = {"id": "q1", "question": "Is it?"}
     got = facts_for(q, "agent-retrieved", passages, None, 3, ids)

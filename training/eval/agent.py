@@ -150,7 +150,7 @@ def evaluate(questions: list[dict], data, retriever, agent_dir: Path, lm: str | 
 
     rows = [summarise(f"majority ('{majority}')", [majority] * len(golds), golds, [0] * len(golds),
                       [0.0] * len(golds))]
-    for n in dict.fromkeys((K_EVIDENCE, max_hops * k)):  # at the loop's own budget too (max_hops x k passages)
+    for n in dict.fromkeys((K_EVIDENCE, max_hops * k, k)):  # the loop's whole budget (max_hops x k) and one search
         rows.append(single_shot(f"BM25 top-{n} of the question", retriever, questions, k=n))
     if dense is not None:
         rows.append(single_shot(f"dense top-{K_EVIDENCE} of the question", dense, questions))
@@ -274,6 +274,9 @@ def main(argv=None) -> None:
     p.add_argument("--lm", default=None, help="base LM directory (default: the prepared SmolLM2-135M)")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=0, help="first N questions of the split (0: all)")
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip the split's first N questions (shards side by side: --offset 0 --limit 233, "
+                        "--offset 233; greedy loops, so the shards' per-question figures are the full run's)")
     p.add_argument("--no-loops", action="store_true", help="only the baselines (single-shot retrieval, closed book, "
                                                           "RAG): minutes on the full split, the loops take hours")
     p.add_argument("--no-untrained-loop", action="store_true",
@@ -300,7 +303,7 @@ def main(argv=None) -> None:
         (a.out / "agent-trainers.json").write_text(json.dumps(trainers, indent=2) + "\n")
         return
     data = load_multihop(a.data)
-    questions = data.split(a.split)[: a.limit or None]
+    questions = data.split(a.split)[a.offset:][: a.limit or None]
     t0 = time.time()
     rows = evaluate(questions, data, load_backend(a.artifacts, "retrieve", "bm25"), agent_dir,
                     a.lm, a.max_hops, a.k, dense=load_backend(a.artifacts, "retrieve", "dense"), loops=not a.no_loops,
@@ -313,7 +316,8 @@ def main(argv=None) -> None:
         print("\ntraining rollouts per round (same questions for both trainers):")
         print(trainer_table(trainers))
         plot_trainers(trainers, a.out / "agent-trainers.png")
-    path = a.out / f"agent-{a.split}.json"
+    path = a.out / (f"agent-{a.split}.json" if not (a.offset or a.limit) else
+                    f"agent-{a.split}-{a.offset}-{a.offset + len(questions)}.json")
     path.write_text(json.dumps({"split": a.split, "questions": len(questions), "rows": rows, "trainers": trainers,
                                 "seconds": time.time() - t0}, indent=2) + "\n")
     print(f"wrote {path} ({time.time() - t0:.0f}s)")

@@ -13,7 +13,7 @@ Contexts `agent-retrieved` and `agent-recorded` read the facts a trained agent l
 found for the question: everything its searches retrieved (in order, at most 10) or what it recorded. A small LM
 searches, the reader LM (--lm) answers. The loop runs on the calibration questions (training questions the trainer
 did not draw) and on the test questions, unless --agent-traces gives training.eval.agent's JSON of the same agent
-(its last loop row's per-question ids are the test split's).
+(its last loop row's per-question ids are the test split's; several files: the shards of one run).
 """
 from __future__ import annotations
 
@@ -40,13 +40,14 @@ AGENT_CONTEXTS = ("agent-retrieved", "agent-recorded")
 AGENT_FACTS = 10  # at most this many retrieved facts (evidence recall@10 is what the loop is measured by)
 
 
-def agent_fact_ids(agent_dir: Path, questions: list[dict], data, artifacts: Path, traces: Path | None = None
+def agent_fact_ids(agent_dir: Path, questions: list[dict], data, artifacts: Path, traces: list[Path] = ()
                    ) -> dict[str, dict[str, list[str]]]:
     """Per question id, the ids the trained agent's loop retrieved and recorded: read from training.eval.agent's
-    JSON where it holds the question (`traces`), else from running the loop (greedy, so the same ids)."""
+    JSON files (`traces`: the whole split or its shards) where they hold the question, else from running the loop
+    (greedy, so the same ids)."""
     out: dict[str, dict[str, list[str]]] = {}
-    if traces is not None:
-        rows = [r for r in json.loads(Path(traces).read_text())["rows"] if r.get("per_question")]
+    for path in traces or ():
+        rows = [r for r in json.loads(Path(path).read_text())["rows"] if r.get("per_question")]
         for item in rows[-1]["per_question"] if rows else []:
             out[item["id"]] = {"retrieved": item["retrieved"], "recorded": item["recorded"]}
     todo = [q for q in questions if q["id"] not in out]
@@ -113,7 +114,7 @@ def best_threshold(s: np.ndarray, y: np.ndarray) -> float:
 
 
 def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, calibrate: int, limit: int | None,
-        k: int = 3, seed: int = 0, agent: Path | None = None, agent_traces: Path | None = None) -> list[dict]:
+        k: int = 3, seed: int = 0, agent: Path | None = None, agent_traces: list[Path] = ()) -> list[dict]:
     data = load_multihop(data_dir)
     passages = {pid: p["text"] for pid, p in data.passages.items()}
     train, test = data.split("train"), data.split("test")
@@ -173,8 +174,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--calibrate", type=int, default=200, help="training questions the threshold is fitted on")
     p.add_argument("--limit", type=int, default=None, help="first N test questions (default: all 466)")
     p.add_argument("--agent", type=Path, default=None, help="trained agent for the agent-* contexts")
-    p.add_argument("--agent-traces", type=Path, default=None,
-                   help="training.eval.agent's JSON of that agent on the test split (its ids are reused)")
+    p.add_argument("--agent-traces", type=Path, nargs="*", default=[],
+                   help="training.eval.agent's JSON of that agent on the test split, or its shards' (ids reused)")
     p.add_argument("--out", type=Path, default=Path("results"))
     add_threads_arg(p)
     a = p.parse_args(argv)
