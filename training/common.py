@@ -1,5 +1,6 @@
 """Helpers shared by the training and evaluation entry points: a config dataclass as --options (the dataclass is
-the one place its defaults live), the torch thread count, and the agent trainers' draw of questions per round.
+the one place its defaults live), the torch thread count, and the agent trainers' draws of questions (per round,
+the warm start's, all that a saved trainer drew).
 
 Importing `training` already set OMP_WAIT_POLICY=PASSIVE (training/__init__.py), before torch loads."""
 from __future__ import annotations
@@ -10,6 +11,9 @@ import os
 import random
 import types
 import typing
+from pathlib import Path
+
+from models.artifacts import read_meta
 
 
 def _option_type(f: dataclasses.Field, hints: dict):
@@ -86,3 +90,21 @@ def round_questions(questions: list[dict], n: int, seed: int, round_: int) -> li
     """The training questions of a round: a fresh draw per round that depends only on (seed, round), so EM and
     ROSE (training.train_rose) with the same seed train on the same questions."""
     return random.Random(f"{seed}:{round_}").sample(questions, min(n, len(questions)))
+
+
+def warm_start_questions(train: list[dict], n: int, seed: int) -> list[dict]:
+    """The agent warm start's training questions (training.train_exsearch): a draw that depends only on (seed, n),
+    among the questions with gold supporting facts."""
+    pool = [q for q in train if q.get("supporting")]
+    return random.Random(f"warm:{seed}").sample(pool, min(n, len(pool)))
+
+
+def trainer_draws(train: list[dict], agent_dir: Path | None, rounds: int = 10) -> set[str]:
+    """Ids of the training questions a trainer saved in agent_dir drew (its warm start's and its first `rounds`
+    rounds' draws; the defaults' draws when it has not saved one yet, so a calibration set does not depend on what
+    is trained)."""
+    meta = read_meta(agent_dir) if agent_dir is not None and (agent_dir / "meta.json").exists() else {}
+    cfg = meta.get("em") or meta.get("rose") or {}
+    warm = warm_start_questions(train, cfg["warm_start"], cfg.get("seed", 0)) if cfg.get("warm_start") else []
+    return {q["id"] for q in warm} | {q["id"] for r in range(1, max(rounds, meta.get("rounds", 0)) + 1)
+                                      for q in round_questions(train, cfg.get("questions", 16), cfg.get("seed", 0), r)}

@@ -51,7 +51,14 @@ from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.actions import RECORD, SEARCH, Action
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
-from training.common import add_config_args, add_threads_arg, config_from_args, round_questions, set_threads
+from training.common import (
+    add_config_args,
+    add_threads_arg,
+    config_from_args,
+    round_questions,
+    set_threads,
+    warm_start_questions,
+)
 from training.eval.metrics import exact_match, gold_recall
 
 OTHER_ANSWER = {"yes": "no", "no": "yes"}  # the rival of a yes/no gold answer (for `Sample.correct`)
@@ -181,12 +188,6 @@ def weighted_loss(model, tok, samples: list[Sample], max_len: int, batch_size: i
 
 
 # ------------------------------------------------------------------ warm start: a gold-guided expert
-def warm_start_questions(train: list[dict], n: int, seed: int) -> list[dict]:
-    """The warm start's training questions: a draw that depends only on (seed, n), with gold supporting facts."""
-    pool = [q for q in train if q.get("supporting")]
-    return random.Random(f"warm:{seed}").sample(pool, min(n, len(pool)))
-
-
 def expert_trajectory(agent: SearchAgent, q: dict, max_hops: int, record_words: int = 16) -> Sample:
     """The gold-guided trajectory of question q under agent's retriever and result format. Hop 1 searches the
     question; every later hop searches with the text of the first gold fact not yet retrieved (a hypothetical-fact

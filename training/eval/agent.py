@@ -39,7 +39,7 @@ from models.backend import Request
 from models.causal_lm import fast_dtype, load_causal_lm
 from models.exsearch.loop import AgentConfig, SearchAgent
 from models.registry import load_backend
-from training.common import add_threads_arg, round_questions, set_threads
+from training.common import add_threads_arg, set_threads, trainer_draws
 from training.eval.metrics import evidence, exact_match, f1, proportion_ci
 from training.eval.yesno import best_threshold
 
@@ -51,19 +51,6 @@ def calibration_questions(train: list[dict], n: int, exclude: set[str] = frozens
     """n training questions for fitting a yes/no threshold, none of `exclude` (e.g. what the trainers drew)."""
     pool = [q for q in train if q["id"] not in exclude]
     return random.Random(f"calibrate:{seed}").sample(pool, min(n, len(pool)))
-
-
-def trainer_draws(train: list[dict], agent_dir: Path | None, rounds: int = 10) -> set[str]:
-    """Ids of the training questions a trainer saved in agent_dir drew (its warm start's and its first `rounds`
-    rounds' draws; the defaults' draws when it has not saved one yet, so a calibration set does not depend on what
-    is trained)."""
-    from training.train_exsearch import warm_start_questions
-
-    meta = read_meta(agent_dir) if agent_dir is not None and (agent_dir / "meta.json").exists() else {}
-    cfg = meta.get("em") or meta.get("rose") or {}
-    warm = warm_start_questions(train, cfg["warm_start"], cfg.get("seed", 0)) if cfg.get("warm_start") else []
-    return {q["id"] for q in warm} | {q["id"] for r in range(1, max(rounds, meta.get("rounds", 0)) + 1)
-                                      for q in round_questions(train, cfg.get("questions", 16), cfg.get("seed", 0), r)}
 
 
 def calibrate(score, questions: list[dict], desc: str = "calibrate") -> dict:

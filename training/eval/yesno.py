@@ -30,7 +30,7 @@ from tqdm import tqdm
 from indexing.data import load_multihop
 from models.causal_lm import fast_dtype, load_causal_lm
 from models.registry import load_backend
-from training.common import add_threads_arg, set_threads
+from training.common import add_threads_arg, set_threads, trainer_draws
 from training.eval.metrics import exact_match, proportion_ci
 
 HEADER = "Answer each question with yes or no.\n\n"
@@ -129,8 +129,6 @@ def run(lm: str | None, contexts: list[str], data_dir: Path, artifacts: Path, ca
     calib = rng.sample(calib, min(calibrate, len(calib)))
     agent_ids, agent_calib = None, calib
     if any(c in AGENT_CONTEXTS for c in contexts):
-        from training.eval.agent import trainer_draws
-
         if agent is None:
             raise SystemExit(f"contexts {AGENT_CONTEXTS} need --agent <directory of a trained agent>")
         drawn = trainer_draws(train, agent)  # the agent trained on these: its retrieval there is not held out
