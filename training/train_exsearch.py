@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -199,8 +200,7 @@ def expert_trajectory(agent: SearchAgent, q: dict, max_hops: int, record_words: 
     recorded: set[str] = set()
     for hop in range(max_hops):
         missing = [d for d in gold if d not in retrieved]
-        query = q["question"].strip() if hop == 0 else " ".join(agent.passage(missing[0] if missing
-                                                                              else gold[-1]).split())
+        query = q["question"].strip() if hop == 0 else agent.passage(missing[0] if missing else gold[-1])
         search = Action(SEARCH, query)
         ids = agent.retrieve(search.text, agent.config.k)
         retrieved += [d for d in ids if d not in retrieved]
@@ -307,8 +307,8 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
     compact_agent = SearchAgent(model, tok, retriever, data, agent_cfg(False, 0.0))
     compact = compact_agent.prompt_prefix
     if cfg.warm_start:
-        logs.append(warm_start(model, tok, compact_agent, train_q, dev_q, cfg, out))
-        model = compact_agent.lm
+        model, log = warm_start(model, tok, compact_agent, train_q, dev_q, cfg, out)
+        logs.append(log)
     for r in range(1, cfg.rounds + 1):
         sampler = copy.deepcopy(model).to(fast_dtype()).eval()  # generation copy: bf16 where it is native (~2x)
         agent = SearchAgent(sampler, tok, retriever, data, agent_cfg(r == 1 and not cfg.warm_start,
@@ -327,27 +327,31 @@ def train(out: Path, cfg: EMConfig, data_dir: Path = Path("data/strategyqa"),
                        float(np.mean([1 / sum(s.weight ** 2 for s in g) for g in groups])), before, after,
                        sample_s=sample_s, train_s=train_s,
                        extra=trajectory_stats(samples))
-        save = out / f"round-{r}"
-        copy.deepcopy(model).to(torch.bfloat16).save_pretrained(save)
-        tok.save_pretrained(save)
-        if dev_q:
-            dev_agent = SearchAgent(copy.deepcopy(model).to(torch.bfloat16).eval(), tok, retriever, data,
-                                    agent_cfg(False, 0.0))
-            log.dev_em = dev_exact_match(dev_agent, dev_q, cfg.max_hops)
+        save_round(model, tok, compact_agent, log, dev_q, cfg.max_hops, out)
         logs.append(log)
         print(f"round {r}: mean p(gold|z) {log.mean_p_gold:.3f}  ESS {log.mean_ess:.2f}/{cfg.samples}  "
               f"weighted loss {before:.3f} -> {after:.3f}  dev EM {log.dev_em}", flush=True)
-        (save / "em_round.json").write_text(json.dumps(asdict(log), indent=2) + "\n")
     save_agent(out, cfg, data_dir, artifacts, trainer="em", em=asdict(cfg), log=[asdict(x) for x in logs])
     return logs
 
 
-def warm_start(model, tok, agent: SearchAgent, train_q: list[dict], dev_q: list[dict], cfg: EMConfig,
-               out: Path) -> RoundLog:
-    """Round 0: LoRA behaviour cloning of the gold-guided expert on cfg.warm_start training questions, merged;
-    saved as round-0/ and left in agent.lm."""
-    import dataclasses
+def save_round(model, tok, agent: SearchAgent, log: RoundLog, dev_q: list[dict], max_hops: int, out: Path) -> None:
+    """round-N/ of log.round: the weights as a bf16 HF checkpoint and em_round.json, with the dev EM of agent's
+    loop (its retriever and settings) run by those weights."""
+    save = out / f"round-{log.round}"
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(save)
+    tok.save_pretrained(save)
+    if dev_q:
+        dev_agent = copy.copy(agent)
+        dev_agent.lm = copy.deepcopy(model).to(torch.bfloat16).eval()
+        log.dev_em = dev_exact_match(dev_agent, dev_q, max_hops)
+    (save / "em_round.json").write_text(json.dumps(asdict(log), indent=2) + "\n")
 
+
+def warm_start(model, tok, agent: SearchAgent, train_q: list[dict], dev_q: list[dict], cfg: EMConfig,
+               out: Path) -> tuple[torch.nn.Module, RoundLog]:
+    """Round 0: LoRA behaviour cloning of the gold-guided expert on cfg.warm_start training questions (under
+    agent's retriever and result format), merged and saved as round-0/; returns (the model, its log)."""
     t0 = time.perf_counter()
     samples = [expert_trajectory(agent, q, cfg.max_hops, cfg.record_words)
                for q in tqdm(warm_start_questions(train_q, cfg.warm_start, cfg.seed), desc="warm start (expert)")]
@@ -357,20 +361,12 @@ def warm_start(model, tok, agent: SearchAgent, train_q: list[dict], dev_q: list[
     model = m_step(model, tok, samples, dataclasses.replace(cfg, epochs=cfg.warm_epochs))
     train_s = time.perf_counter() - t0
     after = weighted_loss(model, tok, samples[:64], cfg.max_len)
-    agent.lm = model
     log = RoundLog(0, len(samples), len(samples), None, 1.0, before, after, sample_s=sample_s,
                    train_s=train_s, extra=trajectory_stats(samples))
-    save = out / "round-0"
-    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(save)
-    tok.save_pretrained(save)
-    if dev_q:
-        dev_agent = copy.copy(agent)
-        dev_agent.lm = copy.deepcopy(model).to(torch.bfloat16).eval()
-        log.dev_em = dev_exact_match(dev_agent, dev_q, cfg.max_hops)
+    save_round(model, tok, agent, log, dev_q, cfg.max_hops, out)
     print(f"warm start: {len(samples)} expert trajectories (gold recall {log.extra['mean_recall']:.3f}), "
           f"loss on the first 64 {before:.3f} -> {after:.3f}, dev EM {log.dev_em}", flush=True)
-    (save / "em_round.json").write_text(json.dumps(asdict(log), indent=2) + "\n")
-    return log
+    return model, log
 
 
 def save_agent(out: Path, cfg, data_dir: Path, artifacts: Path, **meta) -> None:
